@@ -1,0 +1,164 @@
+"""RESP2 reply values and their encoder: Python values in, wire bytes out.
+
+Commands return plain Python values and the front ends encode them once:
+
+=====================  ==========================
+Python value           RESP2 on the wire
+=====================  ==========================
+``SimpleString("OK")`` ``+OK\\r\\n``
+``ErrorReply("ERR x")`` ``-ERR x\\r\\n``
+``int`` (and ``bool``) ``:42\\r\\n``
+``bytes`` / ``str``    ``$5\\r\\nhello\\r\\n`` (str as UTF-8)
+``None``               ``$-1\\r\\n`` (null bulk)
+``list`` / ``tuple``   ``*N\\r\\n`` then each element
+``NULL_ARRAY``         ``*-1\\r\\n``
+``RawReply(b"...")``   the bytes verbatim (precomputed constants)
+``float``              a bulk string, as Redis sends doubles in RESP2
+=====================  ==========================
+"""
+
+from __future__ import annotations
+
+from typing import Final, TypeAlias
+
+
+class SimpleString(str):
+    """A status reply: ``+text``. Must not contain CR or LF."""
+
+    __slots__ = ()
+
+
+class ErrorReply(str):
+    """An error reply: ``-PREFIX message``. The first word is the error code (ERR, NOAUTH, BUSY...)."""
+
+    __slots__ = ()
+
+    @property
+    def code(self) -> str:
+        """The error prefix, the first word of the message (``ERR`` for ``ERR unknown command``)."""
+        return self.split(" ", 1)[0]
+
+
+class RawReply(bytes):
+    """Bytes that are already a complete RESP2 reply, written as they are."""
+
+    __slots__ = ()
+
+
+class _NullArray:
+    """The RESP2 null array, ``*-1``; a singleton."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NULL_ARRAY"
+
+
+NULL_ARRAY: Final = _NullArray()
+
+Reply: TypeAlias = "SimpleString | ErrorReply | RawReply | int | bytes | str | float | None | list[Reply] | tuple[Reply, ...] | _NullArray"  # noqa: E501
+
+# Precomputed replies for the constants a hot path sends most.
+OK: Final = RawReply(b"+OK\r\n")
+PONG: Final = RawReply(b"+PONG\r\n")
+NULL_BULK: Final = RawReply(b"$-1\r\n")
+QUEUED: Final = RawReply(b"+QUEUED\r\n")
+ZERO: Final = RawReply(b":0\r\n")
+ONE: Final = RawReply(b":1\r\n")
+EMPTY_ARRAY: Final = RawReply(b"*0\r\n")
+
+_CRLF = b"\r\n"
+_SMALL_INTS = [f":{i}\r\n".encode() for i in range(-1, 1024)]
+
+
+def _sanitize_line(text: str) -> str:
+    """Status and error replies are one line: CR/LF inside would desync the client, so they become spaces."""
+    if "\r" in text or "\n" in text:
+        return text.replace("\r", " ").replace("\n", " ")
+    return text
+
+
+def encode_error(message: str) -> bytes:
+    """Encode ``message`` (``"ERR something"``) as an error reply."""
+    return b"-" + _sanitize_line(message).encode() + _CRLF
+
+
+def encode_bulk(data: bytes) -> bytes:
+    """Encode bytes as a bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def encode_integer(value: int) -> bytes:
+    """Encode an integer reply, from a table for small values."""
+    if -1 <= value < 1023:
+        return _SMALL_INTS[value + 1]
+    return b":%d\r\n" % value
+
+
+def _encode_into(value: object, out: list[bytes]) -> None:
+    # Order matters: RawReply before bytes, the str subclasses before str, bool is an int.
+    if isinstance(value, RawReply):
+        out.append(value)
+    elif isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    elif isinstance(value, SimpleString):
+        out.append(b"+" + _sanitize_line(value).encode() + _CRLF)
+    elif isinstance(value, ErrorReply):
+        out.append(encode_error(value))
+    elif isinstance(value, str):
+        data = value.encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    elif isinstance(value, int):
+        out.append(encode_integer(int(value)))
+    elif value is None:
+        out.append(b"$-1\r\n")
+    elif isinstance(value, list | tuple):
+        out.append(b"*%d\r\n" % len(value))
+        for item in value:
+            _encode_into(item, out)
+    elif value is NULL_ARRAY:
+        out.append(b"*-1\r\n")
+    elif isinstance(value, float):
+        data = repr(value).encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    else:
+        raise TypeError(f"cannot encode {type(value).__name__} as a RESP2 reply")
+
+
+def encode_reply(value: object) -> bytes:
+    """Encode any :data:`Reply` value to RESP2 bytes.
+
+    Error handling: a value of an unsupported type raises :class:`TypeError`;
+    that is a bug in a command, not a peer's mistake, and the front ends turn
+    it into an ``-ERR`` reply for that one request.
+    """
+    if isinstance(value, RawReply):
+        return value
+    out: list[bytes] = []
+    _encode_into(value, out)
+    return out[0] if len(out) == 1 else b"".join(out)
+
+
+def encode_command(*args: object) -> bytes:
+    """Encode a request as a RESP2 array of bulk strings (what clients send).
+
+    ``bytes`` go as they are, ``str`` as UTF-8, ``int``/``float`` as their
+    decimal text, as redis-py and redis-cli do.
+    """
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, bool):
+            raise TypeError("bool is not a valid command argument; send 0/1 or a string")
+        elif isinstance(arg, int | float):
+            data = repr(arg).encode()
+        elif isinstance(arg, bytearray | memoryview):
+            data = bytes(arg)
+        else:
+            raise TypeError(f"cannot send {type(arg).__name__} as a command argument")
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
