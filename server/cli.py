@@ -1,0 +1,79 @@
+"""The ``crossdock`` command: ``serve`` (and ``cli``, ``loadtest``, ``compare`` as their packages land).
+
+Subcommands are looked up lazily so ``crossdock serve`` does not import the
+load generator, and a missing optional part fails with a clear message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from server import __version__
+
+#: Subcommands provided by other packages: name -> (module, help). Each module
+#: offers ``add_arguments(parser)`` and ``run(args) -> int``.
+EXTERNAL_SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "cli": ("clients.cli", "interactive RESP client, like redis-cli"),
+    "loadtest": ("loadtest.cli", "drive load at a server and measure it"),
+    "compare": ("loadtest.compare", "run a scenario against every mode and write a report"),
+}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from server.config import load_config
+    from server.logging import configure_logging
+
+    try:
+        config = load_config(args)
+    except ValueError as exc:
+        print(f"crossdock serve: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_format, config.log_level)
+    import importlib as _importlib
+
+    _importlib.import_module("server.commands")
+    for module in config.modules:
+        _importlib.import_module(module)
+    if config.mode == "async":
+        from server import aio
+
+        return aio.run(config)
+    from server import threaded
+
+    return threaded.run(config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from server.config import add_arguments
+
+    parser = argparse.ArgumentParser(prog="crossdock", description="A RESP2 server: asyncio, processes and threads.")
+    parser.add_argument("--version", action="version", version=f"crossdock {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    serve = commands.add_parser("serve", help="run the server")
+    add_arguments(serve)
+    serve.set_defaults(handler=_serve)
+    for name, (module_name, help_text) in EXTERNAL_SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        if not hasattr(module, "add_arguments") or not hasattr(module, "run"):
+            continue
+        sub = commands.add_parser(name, help=help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,458 @@
+"""The built-in inline commands: connection, server introspection, and the keyspace.
+
+Every handler is ``handler(ctx, args) -> reply value`` (see
+:mod:`server.protocol.reply` for the value -> RESP mapping) and registers
+itself with the same decorator a user's command would use.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+
+from server.commands.actions import Sleep
+from server.commands.context import CommandContext
+from server.commands.registry import CommandError, inline_command, parse_int
+from server.protocol.reply import NULL_BULK, OK, PONG, ErrorReply, RawReply, SimpleString
+
+#: SLEEP ms: longest wait. It stands in for a slow upstream call; a minute is
+#: far past any sane upstream timeout and keeps a forgotten SLEEP bounded.
+SLEEP_MAX_MS = 60_000
+
+#: The Redis version crossdock reports in INFO/HELLO. Clients gate features on
+#: it (redis-cli asks COMMAND DOCS only from 7.0 on); 7.0.0 is the dialect of
+#: the commands implemented here, RESP2 only.
+REDIS_COMPAT_VERSION = "7.0.0"
+
+_SYNTAX = "ERR syntax error"
+
+
+def _upper(raw: bytes) -> bytes:
+    return raw.upper()
+
+
+# ---------------------------------------------------------------------------------------------
+# Connection
+# ---------------------------------------------------------------------------------------------
+@inline_command("PING", arity=-1, summary="Ping the server.", group="connection", since="1.0.0")
+def ping(ctx: CommandContext, args: list[bytes]) -> object:
+    if len(args) > 2:
+        raise CommandError("ERR wrong number of arguments for 'ping' command")
+    return PONG if len(args) == 1 else args[1]
+
+
+@inline_command("ECHO", arity=2, summary="Echo the given string.", group="connection", since="1.0.0")
+def echo(ctx: CommandContext, args: list[bytes]) -> object:
+    return args[1]
+
+
+@inline_command("QUIT", arity=-1, summary="Close the connection.", group="connection", since="1.0.0")
+def quit_(ctx: CommandContext, args: list[bytes]) -> object:
+    ctx.client.close_requested = True
+    return OK
+
+
+@inline_command(
+    "SLEEP",
+    arity=2,
+    summary=f"Wait ms milliseconds (0..{SLEEP_MAX_MS}) without blocking other clients, then reply OK.",
+    group="crossdock",
+)
+def sleep(ctx: CommandContext, args: list[bytes]) -> object:
+    milliseconds = parse_int(args[1])
+    if not 0 <= milliseconds <= SLEEP_MAX_MS:
+        raise CommandError(f"ERR ms must be between 0 and {SLEEP_MAX_MS}")
+    return Sleep(milliseconds / 1000, OK)
+
+
+@inline_command(
+    "HELLO",
+    arity=-1,
+    summary="Handshake: protocol version (2 only), optional AUTH and SETNAME.",
+    group="connection",
+    since="6.0.0",
+)
+def hello(ctx: CommandContext, args: list[bytes]) -> object:
+    position = 1
+    if len(args) > 1:
+        try:
+            version = parse_int(args[1])
+        except CommandError:
+            raise CommandError("ERR Protocol version is not an integer or out of range") from None
+        if version != 2:
+            raise CommandError("NOPROTO unsupported protocol version")
+        position = 2
+    new_name: bytes | None = None
+    while position < len(args):
+        option = _upper(args[position])
+        remaining = len(args) - position - 1
+        if option == b"AUTH" and remaining >= 2:
+            # No password is configured yet: the default user accepts any password, as Redis's does.
+            position += 3
+        elif option == b"SETNAME" and remaining >= 1:
+            new_name = _validated_client_name(args[position + 1])
+            position += 2
+        else:
+            raise CommandError(f"ERR Syntax error in HELLO option '{args[position].decode(errors='replace')}'")
+    if new_name is not None:
+        ctx.client.name = new_name
+    return [
+        "server", "redis",
+        "version", REDIS_COMPAT_VERSION,
+        "proto", 2,
+        "id", ctx.client.id,
+        "mode", "standalone",
+        "role", "master",
+        "modules", [],
+    ]  # fmt: skip
+
+
+def _validated_client_name(name: bytes) -> bytes:
+    # Redis: names must be printable ASCII without spaces (validateClientName).
+    if any(byte < 0x21 or byte > 0x7E for byte in name):
+        raise CommandError("ERR Client names cannot contain spaces, newlines or special characters.")
+    return name
+
+
+_CLIENT_SUBCOMMANDS = {b"ID": 2, b"SETNAME": 3, b"GETNAME": 2, b"LIST": -2, b"INFO": 2, b"SETINFO": 4, b"HELP": 2}
+
+
+@inline_command(
+    "CLIENT",
+    arity=-2,
+    summary="Connection introspection: ID, SETNAME, GETNAME, LIST, INFO, SETINFO.",
+    group="connection",
+    since="2.4.0",
+    subcommands=("id", "setname", "getname", "list", "info", "setinfo", "help"),
+)
+def client(ctx: CommandContext, args: list[bytes]) -> object:
+    sub = _upper(args[1])
+    arity = _CLIENT_SUBCOMMANDS.get(sub)
+    if arity is None:
+        raise CommandError(
+            f"ERR unknown subcommand '{args[1].decode(errors='replace')}'. Try CLIENT HELP."
+        )
+    if (arity >= 0 and len(args) != arity) or (arity < 0 and len(args) < -arity):
+        raise CommandError(f"ERR wrong number of arguments for 'client|{sub.decode().lower()}' command")
+    me = ctx.client
+    if sub == b"ID":
+        return me.id
+    if sub == b"SETNAME":
+        me.name = _validated_client_name(args[2])
+        return OK
+    if sub == b"GETNAME":
+        return me.name or None
+    if sub == b"INFO":
+        return me.describe() + "\n"
+    if sub == b"SETINFO":
+        attribute = _upper(args[2])
+        if attribute == b"LIB-NAME":
+            me.lib_name = _validated_client_name(args[3])
+        elif attribute == b"LIB-VER":
+            me.lib_ver = _validated_client_name(args[3])
+        else:
+            raise CommandError(f"ERR Unrecognized option '{args[2].decode(errors='replace')}'")
+        return OK
+    if sub == b"LIST":
+        clients = ctx.server.client_list()
+        if len(args) > 2:
+            if _upper(args[2]) != b"ID" or len(args) < 4:
+                raise CommandError(_SYNTAX)
+            wanted = {parse_int(raw) for raw in args[3:]}
+            clients = [c for c in clients if c.id in wanted]
+        return "".join(c.describe() + "\n" for c in clients)
+    return [
+        "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+        "ID", "    Return the ID of the current connection.",
+        "GETNAME", "    Return the name of the current connection.",
+        "SETNAME <name>", "    Assign the name <name> to the current connection.",
+        "LIST [ID <id> ...]", "    Return information about client connections.",
+        "INFO", "    Return information about the current client connection.",
+        "SETINFO <LIB-NAME|LIB-VER> <value>", "    Set client library name or version.",
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Server introspection
+# ---------------------------------------------------------------------------------------------
+@inline_command("TIME", arity=1, summary="Server time: [unix seconds, microseconds].", group="server", since="2.6.0")
+def time_(ctx: CommandContext, args: list[bytes]) -> object:
+    now_us = time.time_ns() // 1000
+    return [str(now_us // 1_000_000), str(now_us % 1_000_000)]
+
+
+@inline_command(
+    "INFO",
+    arity=-1,
+    summary="Server information and statistics, Redis INFO format.",
+    group="server",
+    since="1.0.0",
+)
+def info(ctx: CommandContext, args: list[bytes]) -> object:
+    from server.info import render_info  # local import: info.py imports the registry for COMMAND counts
+
+    sections = [raw.decode(errors="replace").lower() for raw in args[1:]]
+    return render_info(ctx.server, sections)
+
+
+@inline_command(
+    "COMMAND",
+    arity=-1,
+    summary="Command table introspection: COUNT, INFO, DOCS, LIST.",
+    group="server",
+    since="2.8.13",
+    subcommands=("count", "info", "docs", "list"),
+)
+def command(ctx: CommandContext, args: list[bytes]) -> object:
+    from server.commands.introspection import command_docs, command_info
+
+    registry = ctx.registry
+    if len(args) == 1:
+        return [command_info(c) for c in registry]
+    sub = _upper(args[1])
+    if sub == b"COUNT" and len(args) == 2:
+        return len(registry)
+    if sub == b"LIST" and len(args) == 2:
+        return [c.name for c in registry]
+    if sub == b"INFO":
+        wanted = args[2:] or [c.name.encode() for c in registry]
+        return [command_info(found) if (found := registry.lookup(n)) else None for n in wanted]
+    if sub == b"DOCS":
+        wanted_commands = (
+            [c for n in args[2:] if (c := registry.lookup(n)) is not None] if len(args) > 2 else list(registry)
+        )
+        reply: list[object] = []
+        for found in wanted_commands:
+            reply.extend([found.name, command_docs(found)])
+        return reply
+    if sub in (b"COUNT", b"LIST"):
+        raise CommandError(f"ERR wrong number of arguments for 'command|{sub.decode().lower()}' command")
+    raise CommandError(f"ERR unknown subcommand '{args[1].decode(errors='replace')}'. Try COMMAND HELP.")
+
+
+@inline_command(
+    "CONFIG",
+    arity=-2,
+    summary="CONFIG GET parameter [parameter ...] (read-only view of the running configuration).",
+    group="server",
+    since="2.0.0",
+    subcommands=("get", "resetstat"),
+)
+def config(ctx: CommandContext, args: list[bytes]) -> object:
+    sub = _upper(args[1])
+    if sub == b"GET":
+        if len(args) < 3:
+            raise CommandError("ERR wrong number of arguments for 'config|get' command")
+        from server.info import config_parameters
+
+        parameters = config_parameters(ctx.server)
+        reply: list[object] = []
+        seen: set[str] = set()
+        for raw in args[2:]:
+            pattern = raw.decode(errors="replace").lower()
+            for name, value in parameters.items():
+                if name not in seen and fnmatch.fnmatchcase(name, pattern):
+                    seen.add(name)
+                    reply.extend([name, value])
+        return reply
+    if sub == b"RESETSTAT" and len(args) == 2:
+        from server.state import Stats
+
+        ctx.server.stats = Stats()
+        return OK
+    if sub in (b"SET", b"REWRITE"):
+        raise CommandError("ERR CONFIG SET is not supported: crossdock is configured by flags and environment")
+    raise CommandError(f"ERR unknown subcommand '{args[1].decode(errors='replace')}'. Try CONFIG HELP.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Keyspace
+# ---------------------------------------------------------------------------------------------
+_KEYSPACE = {"group": "string", "key_spec": (1, 1, 1)}
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _expire_deadline(amount: int, unit_ms: int, command: str, now_ms: int, absolute: bool = False) -> int:
+    """Turn an EX/PX/EXAT/PXAT amount into an absolute deadline, refusing what Redis refuses."""
+    if amount <= 0 and command == "set":
+        raise CommandError(f"ERR invalid expire time in '{command}' command")
+    deadline = amount * unit_ms + (0 if absolute else now_ms)
+    if abs(amount) > (2**63 - 1) // unit_ms or deadline > 2**63 - 1:
+        raise CommandError(f"ERR invalid expire time in '{command}' command")
+    return deadline
+
+
+@inline_command("GET", arity=2, summary="Get the value of a key.", since="1.0.0", **_KEYSPACE)
+def get(ctx: CommandContext, args: list[bytes]) -> object:
+    value = ctx.server.keyspace.get(args[1])
+    return NULL_BULK if value is None else value
+
+
+@inline_command(
+    "SET",
+    arity=-3,
+    summary="Set a key: SET key value [NX|XX] [GET] [EX s|PX ms|EXAT ts|PXAT ts-ms|KEEPTTL].",
+    since="1.0.0",
+    **_KEYSPACE,
+)
+def set_(ctx: CommandContext, args: list[bytes]) -> object:
+    nx = xx = keep_ttl = get_old = False
+    expire_option: bytes | None = None
+    expire_at: int | None = None
+    position = 3
+    while position < len(args):
+        option = _upper(args[position])
+        has_next = position + 1 < len(args)
+        if option == b"NX" and not xx:
+            nx = True
+        elif option == b"XX" and not nx:
+            xx = True
+        elif option == b"GET":
+            get_old = True
+        elif option == b"KEEPTTL" and expire_option is None:
+            keep_ttl = True
+            expire_option = option
+        elif option in (b"EX", b"PX", b"EXAT", b"PXAT") and expire_option is None and has_next:
+            expire_option = option
+            amount = parse_int(args[position + 1])
+            unit = 1000 if option in (b"EX", b"EXAT") else 1
+            expire_at = _expire_deadline(amount, unit, "set", _now_ms(), absolute=option.endswith(b"AT"))
+            position += 1
+        else:
+            raise CommandError(_SYNTAX)
+        position += 1
+    written, old = ctx.server.keyspace.set(
+        args[1],
+        args[2],
+        expire_at_ms=expire_at,
+        only_if_missing=nx,
+        only_if_present=xx,
+        keep_ttl=keep_ttl,
+        get_old=get_old,
+    )
+    if get_old:
+        return old
+    return OK if written else NULL_BULK
+
+
+@inline_command("MGET", arity=-2, summary="Get the values of several keys.", since="1.0.0", group="string")
+def mget(ctx: CommandContext, args: list[bytes]) -> object:
+    keyspace = ctx.server.keyspace
+    return [keyspace.get(key) for key in args[1:]]
+
+
+@inline_command("MSET", arity=-3, summary="Set several keys.", since="1.0.1", group="string")
+def mset(ctx: CommandContext, args: list[bytes]) -> object:
+    if len(args) % 2 == 0:
+        raise CommandError("ERR wrong number of arguments for 'mset' command")
+    keyspace = ctx.server.keyspace
+    for index in range(1, len(args), 2):
+        keyspace.set(args[index], args[index + 1])
+    return OK
+
+
+@inline_command("DEL", arity=-2, summary="Delete keys; replies how many existed.", since="1.0.0", group="generic")
+def delete(ctx: CommandContext, args: list[bytes]) -> object:
+    return ctx.server.keyspace.delete(args[1:])
+
+
+@inline_command("EXISTS", arity=-2, summary="Count how many of the keys exist.", since="1.0.0", group="generic")
+def exists(ctx: CommandContext, args: list[bytes]) -> object:
+    return ctx.server.keyspace.exists(args[1:])
+
+
+@inline_command("INCR", arity=2, summary="Increment the integer value of a key by one.", since="1.0.0", **_KEYSPACE)
+def incr(ctx: CommandContext, args: list[bytes]) -> object:
+    return ctx.server.keyspace.incr_by(args[1], 1)
+
+
+@inline_command("DECR", arity=2, summary="Decrement the integer value of a key by one.", since="1.0.0", **_KEYSPACE)
+def decr(ctx: CommandContext, args: list[bytes]) -> object:
+    return ctx.server.keyspace.incr_by(args[1], -1)
+
+
+@inline_command("INCRBY", arity=3, summary="Increment the integer value of a key.", since="1.0.0", **_KEYSPACE)
+def incrby(ctx: CommandContext, args: list[bytes]) -> object:
+    return ctx.server.keyspace.incr_by(args[1], parse_int(args[2]))
+
+
+@inline_command("DECRBY", arity=3, summary="Decrement the integer value of a key.", since="1.0.0", **_KEYSPACE)
+def decrby(ctx: CommandContext, args: list[bytes]) -> object:
+    delta = parse_int(args[2])
+    if delta == -(2**63):
+        raise CommandError("ERR decrement would overflow")
+    return ctx.server.keyspace.incr_by(args[1], -delta)
+
+
+def _expire_condition(options: list[bytes]) -> str | None:
+    flags = {_upper(raw).decode(errors="replace") for raw in options}
+    for flag in flags:
+        if flag not in ("NX", "XX", "GT", "LT"):
+            raise CommandError(f"ERR Unsupported option {flag}")
+    if "NX" in flags and len(flags) > 1:
+        raise CommandError("ERR NX and XX, GT or LT options at the same time are not compatible")
+    if "GT" in flags and "LT" in flags:
+        raise CommandError("ERR GT and LT options at the same time are not compatible")
+    if not flags:
+        return None
+    if "XX" in flags and len(flags) > 1:
+        return (flags - {"XX"}).pop()  # GT/LT already imply the key has an expiry (or sets one)
+    return flags.pop()
+
+
+def _expire(ctx: CommandContext, args: list[bytes], unit_ms: int, name: str) -> object:
+    amount = parse_int(args[2])
+    condition = _expire_condition(args[3:])
+    deadline = _expire_deadline(amount, unit_ms, name, _now_ms())
+    return int(ctx.server.keyspace.expire_at(args[1], deadline, condition))
+
+
+@inline_command(
+    "EXPIRE", arity=-3, summary="Set a key's time to live in seconds.", since="1.0.0", group="generic",
+    key_spec=(1, 1, 1),
+)  # fmt: skip
+def expire(ctx: CommandContext, args: list[bytes]) -> object:
+    return _expire(ctx, args, 1000, "expire")
+
+
+@inline_command(
+    "PEXPIRE", arity=-3, summary="Set a key's time to live in milliseconds.", since="2.6.0", group="generic",
+    key_spec=(1, 1, 1),
+)  # fmt: skip
+def pexpire(ctx: CommandContext, args: list[bytes]) -> object:
+    return _expire(ctx, args, 1, "pexpire")
+
+
+@inline_command(
+    "TTL", arity=2, summary="Time to live in seconds (-1 no expiry, -2 no key).", since="1.0.0", group="generic",
+    key_spec=(1, 1, 1),
+)  # fmt: skip
+def ttl(ctx: CommandContext, args: list[bytes]) -> object:
+    remaining = ctx.server.keyspace.ttl_ms(args[1])
+    return remaining if remaining < 0 else (remaining + 500) // 1000
+
+
+@inline_command(
+    "PTTL", arity=2, summary="Time to live in milliseconds.", since="2.6.0", group="generic", key_spec=(1, 1, 1)
+)
+def pttl(ctx: CommandContext, args: list[bytes]) -> object:
+    return ctx.server.keyspace.ttl_ms(args[1])
+
+
+@inline_command("DBSIZE", arity=1, summary="Number of keys.", since="1.0.0", group="server")
+def dbsize(ctx: CommandContext, args: list[bytes]) -> object:
+    return ctx.server.keyspace.size()
+
+
+@inline_command("FLUSHDB", arity=-1, summary="Delete every key: FLUSHDB [ASYNC|SYNC].", since="1.0.0", group="server")
+def flushdb(ctx: CommandContext, args: list[bytes]) -> object:
+    if len(args) > 2 or (len(args) == 2 and _upper(args[1]) not in (b"ASYNC", b"SYNC")):
+        raise CommandError(_SYNTAX)
+    ctx.server.keyspace.flush()
+    return OK
+
+
+__all__ = ["ErrorReply", "RawReply", "SimpleString"]

@@ -1,0 +1,109 @@
+"""Turn one parsed request into a reply or an action: lookup, arity, handler, error wording.
+
+This is the part of command execution the two front ends share. It has no
+I/O: it returns encoded reply bytes, or an :mod:`~server.commands.actions`
+instruction that the front end carries out (wait, run on the cpu executor).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+
+from server.commands.actions import Action, RunCpu, Sleep
+from server.commands.registry import Command, CommandError, Kind, Registry
+from server.protocol.reply import encode_error, encode_reply
+
+if TYPE_CHECKING:
+    from server.commands.context import CommandContext
+    from server.state import ServerState
+
+log = structlog.get_logger("crossdock.commands")
+
+#: Redis quotes at most 128 characters of the unknown name and of its arguments.
+UNKNOWN_COMMAND_QUOTE_LIMIT = 128
+
+
+def unknown_command_error(args: list[bytes]) -> str:
+    """Redis's exact text for an unknown command (networking.c / server.c processCommand)."""
+    quoted = ""
+    for raw in args[1:]:
+        if len(quoted) >= UNKNOWN_COMMAND_QUOTE_LIMIT:
+            break
+        quoted += "'%s' " % raw.decode(errors="replace")[: UNKNOWN_COMMAND_QUOTE_LIMIT - len(quoted)]
+    name = args[0].decode(errors="replace")[:UNKNOWN_COMMAND_QUOTE_LIMIT]
+    return f"ERR unknown command '{name}', with args beginning with: {quoted}"
+
+
+def wrong_arity_error(name: str) -> str:
+    """Redis's text for a wrong argument count; ``name`` is lower case (``client|setname`` for subcommands)."""
+    return f"ERR wrong number of arguments for '{name}' command"
+
+
+class Dispatcher:
+    """Executes requests against a registry for one server."""
+
+    def __init__(self, registry: Registry, server: ServerState) -> None:
+        self.registry = registry
+        self.server = server
+        self._slow_ns = int(server.config.slowlog_threshold_ms * 1_000_000)
+
+    def execute(self, ctx: CommandContext, args: list[bytes]) -> bytes | Action:
+        """Run one request. Returns encoded reply bytes, or an action for the front end.
+
+        Error handling: unknown commands, wrong arity and :class:`CommandError`
+        become error replies with Redis's wording. Any other exception is a
+        bug in a command: it is logged once at warning with its traceback and
+        answered ``-ERR internal error``; the connection and the server go on.
+        """
+        stats = self.server.stats
+        stats.total_commands_processed += 1
+        command = self.registry.lookup(args[0])
+        client = ctx.client
+        if command is None:
+            stats.total_error_replies += 1
+            return encode_error(unknown_command_error(args))
+        client.last_command = command.name
+        if not command.arity_ok(len(args)):
+            stats.total_error_replies += 1
+            return encode_error(wrong_arity_error(command.name))
+        if command.kind is Kind.CPU:
+            try:
+                converted = command.convert_args(args)
+            except CommandError as exc:
+                stats.total_error_replies += 1
+                return encode_error(exc.message)
+            stats.total_cpu_commands += 1
+            return RunCpu(command.name, command.handler, converted)
+        started = time.perf_counter_ns()
+        try:
+            result = command.handler(ctx, args)
+        except CommandError as exc:
+            stats.total_error_replies += 1
+            return encode_error(exc.message)
+        except Exception:
+            stats.total_error_replies += 1
+            log.warning("command_failed", command=command.name, client_id=client.id, exc_info=True)
+            return encode_error(f"ERR internal error while running '{command.name}'")
+        elapsed = time.perf_counter_ns() - started
+        if elapsed >= self._slow_ns:
+            self.note_slow(command, elapsed / 1e6, client.id)
+        if isinstance(result, Sleep):
+            return result
+        try:
+            return encode_reply(result)
+        except TypeError:
+            log.warning("reply_not_encodable", command=command.name, exc_info=True)
+            return encode_error(f"ERR internal error while running '{command.name}'")
+
+    def note_slow(self, command: Command | str, duration_ms: float, client_id: int) -> None:
+        """Log a command that took at least the slow threshold, once per such execution."""
+        self.server.stats.slow_commands += 1
+        name = command if isinstance(command, str) else command.name
+        log.info("slow_command", command=name, duration_ms=round(duration_ms, 3), client_id=client_id)
+
+    @property
+    def slow_threshold_ns(self) -> int:
+        return self._slow_ns

@@ -1,0 +1,204 @@
+"""The command registry: every command declared once, with its name, arity and kind.
+
+A command is one of two kinds:
+
+* ``inline``: cheap and I/O-shaped. Its handler runs where the request was
+  read (on the event loop, or in the connection's thread) and returns a reply
+  value, or an :class:`Action` the driver carries out without blocking
+  (see :mod:`server.commands.actions`).
+* ``cpu``: heavy. A plain module-level function of plain arguments, so it
+  pickles by reference and runs in a worker process. Its arguments are
+  converted and bounds-checked on the front end first (``argspec``), so a bad
+  request is answered at once and never reaches the pool; the function gets
+  Python values, never raw client bytes, and nothing from a client is ever
+  unpickled.
+
+Arity follows Redis: a positive number is the exact argument count including
+the command name, a negative number ``-N`` means "at least N".
+
+Adding a command is the same for users as for the built-ins::
+
+    from server.commands import registry, inline_command, cpu_command, bounded_int
+
+    @inline_command("HELLOWORLD", arity=1)
+    def helloworld(ctx, args):
+        return "hello, world"
+
+    @cpu_command("FIB", arity=2, argspec=(bounded_int("n", 0, 10_000),))
+    def fib(n: int) -> int:
+        a, b = 0, 1
+        for _ in range(n):
+            a, b = b, a + b
+        return a
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from server.commands.context import CommandContext
+
+
+class Kind(enum.Enum):
+    """Where a command runs: on the front end (``INLINE``) or on the cpu executor (``CPU``)."""
+
+    INLINE = "inline"
+    CPU = "cpu"
+
+
+class CommandError(Exception):
+    """Raised by a handler or an argument converter: answered as an error reply, the connection goes on.
+
+    ``message`` is the full reply text including its code, e.g.
+    ``"ERR value is not an integer or out of range"``.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+#: Converts one raw argument to the value a cpu function receives; raises CommandError.
+ArgConverter = Callable[[bytes], Any]
+InlineHandler = Callable[["CommandContext", list[bytes]], Any]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One registered command. ``name`` is lower case, as Redis reports names in COMMAND."""
+
+    name: str
+    arity: int
+    kind: Kind
+    handler: Callable[..., Any]
+    argspec: tuple[ArgConverter, ...] = ()
+    summary: str = ""
+    group: str = "generic"
+    since: str = "1.0.0"
+    flags: tuple[str, ...] = ()
+    subcommands: tuple[str, ...] = field(default=())
+    #: Position of the first key, last key and step, for COMMAND INFO (0 = no keys).
+    key_spec: tuple[int, int, int] = (0, 0, 0)
+
+    def arity_ok(self, argc: int) -> bool:
+        """True when ``argc`` (command name included) satisfies this command's arity."""
+        return argc == self.arity if self.arity >= 0 else argc >= -self.arity
+
+    def convert_args(self, args: Sequence[bytes]) -> tuple[Any, ...]:
+        """Run the argspec converters over the arguments after the name (cpu commands).
+
+        Error handling: a converter raises :class:`CommandError` with the
+        reply text; it propagates to the dispatcher, which answers it.
+        """
+        return tuple(convert(raw) for convert, raw in zip(self.argspec, args[1:], strict=False))
+
+
+class Registry:
+    """A name -> :class:`Command` table. Lookups are by lower-cased name, as Redis's are case-insensitive."""
+
+    def __init__(self) -> None:
+        self._commands: dict[bytes, Command] = {}
+
+    def add(self, command: Command) -> Command:
+        """Register ``command``; a second registration of the same name is a programming error."""
+        key = command.name.lower().encode()
+        if key in self._commands:
+            raise ValueError(f"command {command.name!r} is already registered")
+        if command.kind is Kind.CPU and "<locals>" in getattr(command.handler, "__qualname__", ""):
+            raise ValueError(f"cpu command {command.name!r} must be a module-level function so it pickles")
+        self._commands[key] = command
+        return command
+
+    def lookup(self, name: bytes) -> Command | None:
+        """The command called ``name`` (any case), or None."""
+        command = self._commands.get(name)
+        if command is None:
+            command = self._commands.get(name.lower())
+        return command
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(sorted(self._commands.values(), key=lambda c: c.name))
+
+    def __len__(self) -> int:
+        return len(self._commands)
+
+    def inline(self, name: str, arity: int, **meta: Any) -> Callable[[InlineHandler], InlineHandler]:
+        """Decorator: register an inline handler ``handler(ctx, args) -> reply``."""
+
+        def decorate(handler: InlineHandler) -> InlineHandler:
+            self.add(Command(name.lower(), arity, Kind.INLINE, handler, **meta))
+            return handler
+
+        return decorate
+
+    def cpu(
+        self, name: str, arity: int, argspec: Sequence[ArgConverter], **meta: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: register a module-level cpu function; ``argspec`` converts each argument."""
+
+        def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+            self.add(Command(name.lower(), arity, Kind.CPU, func, argspec=tuple(argspec), **meta))
+            return func
+
+        return decorate
+
+
+#: The registry the servers use. Built-ins register into it on import of server.commands.
+registry = Registry()
+inline_command = registry.inline
+cpu_command = registry.cpu
+
+
+def bounded_int(name: str, low: int, high: int) -> ArgConverter:
+    """An argspec converter: a base-10 integer in ``[low, high]``.
+
+    The bound is part of the command's contract (documented in the README):
+    past it the request is refused on the front end with
+    ``ERR <name> must be between <low> and <high>``.
+    """
+
+    def convert(raw: bytes) -> int:
+        value = parse_int(raw)
+        if not low <= value <= high:
+            raise CommandError(f"ERR {name} must be between {low} and {high}")
+        return value
+
+    convert.__name__ = f"bounded_int_{name}"
+    return convert
+
+
+def bounded_bytes(name: str, max_length: int) -> ArgConverter:
+    """An argspec converter: a byte string of at most ``max_length`` bytes."""
+
+    def convert(raw: bytes) -> bytes:
+        if len(raw) > max_length:
+            raise CommandError(f"ERR {name} must be at most {max_length} bytes")
+        return bytes(raw)
+
+    convert.__name__ = f"bounded_bytes_{name}"
+    return convert
+
+
+_INT_ERROR = "ERR value is not an integer or out of range"
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def parse_int(raw: bytes) -> int:
+    """Parse a signed 64-bit integer the way Redis's string2ll does (no spaces, no '+', no leading zeros).
+
+    Error handling: anything else raises :class:`CommandError` with Redis's
+    ``ERR value is not an integer or out of range``.
+    """
+    if not raw or len(raw) > 20:
+        raise CommandError(_INT_ERROR)
+    digits = raw[1:] if raw[:1] == b"-" else raw
+    if not digits.isdigit() or (digits[:1] == b"0" and len(digits) > 1) or raw == b"-0":
+        raise CommandError(_INT_ERROR)
+    value = int(raw)
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise CommandError(_INT_ERROR)
+    return value

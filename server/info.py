@@ -1,0 +1,146 @@
+"""INFO in Redis's format (``# Section`` headers, ``field:value`` lines, CRLF) and the CONFIG GET view."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+from collections.abc import Callable
+
+from server import __version__
+from server.commands.builtins import REDIS_COMPAT_VERSION
+from server.state import ServerState
+
+#: Sections printed by a bare INFO / INFO default, in this order (as Redis orders its own).
+DEFAULT_SECTIONS = ("server", "clients", "memory", "stats", "cpu", "crossdock", "keyspace")
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _server(state: ServerState) -> dict[str, object]:
+    config = state.config
+    return {
+        "redis_version": REDIS_COMPAT_VERSION,
+        "crossdock_version": __version__,
+        "redis_mode": "standalone",
+        "os": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "arch_bits": 64 if sys.maxsize > 2**32 else 32,
+        "multiplexing_api": "uvloop" if config.mode == "async" else "threads",
+        "python_version": platform.python_version(),
+        "process_id": state.process_id,
+        "run_id": state.run_id,
+        "tcp_port": state.bound_port,
+        "uptime_in_seconds": state.uptime_seconds,
+        "uptime_in_days": state.uptime_seconds // 86400,
+        "executable": sys.executable,
+    }
+
+
+def _clients(state: ServerState) -> dict[str, object]:
+    return {"connected_clients": len(state.clients), "blocked_clients": 0, "tracking_clients": 0}
+
+
+def _memory(state: ServerState) -> dict[str, object]:
+    rss = _rss_bytes()
+    return {"used_memory_rss": rss, "used_memory_rss_human": f"{rss / 1024 / 1024:.2f}M"}
+
+
+def _stats(state: ServerState) -> dict[str, object]:
+    stats = state.stats
+    return {
+        "total_connections_received": stats.total_connections_received,
+        "total_commands_processed": stats.total_commands_processed,
+        "total_net_input_bytes": stats.total_net_input_bytes,
+        "total_net_output_bytes": stats.total_net_output_bytes,
+        "rejected_connections": stats.rejected_connections,
+        "expired_keys": state.keyspace.expired_keys,
+        "total_error_replies": stats.total_error_replies,
+        "total_cpu_commands": stats.total_cpu_commands,
+        "slow_commands": stats.slow_commands,
+    }
+
+
+def _cpu(state: ServerState) -> dict[str, object]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "used_cpu_sys": f"{usage.ru_stime:.6f}",
+        "used_cpu_user": f"{usage.ru_utime:.6f}",
+        "used_cpu_sys_children": f"{children.ru_stime:.6f}",
+        "used_cpu_user_children": f"{children.ru_utime:.6f}",
+    }
+
+
+def _crossdock(state: ServerState) -> dict[str, object]:
+    config = state.config
+    pool = state.pool
+    return {
+        "mode": config.mode,
+        "cpu": config.cpu,
+        "pool_workers": state.pool_size,
+        "pool_start_method": config.start_method if pool is not None else "none",
+        "pool_restarts": pool.restarts if pool is not None else 0,
+        "keyspace_scope": "per-instance",
+    }
+
+
+def _keyspace(state: ServerState) -> dict[str, object]:
+    keys = state.keyspace.size()
+    if not keys:
+        return {}
+    return {"db0": f"keys={keys},expires={state.keyspace.expires_count()},avg_ttl=0"}
+
+
+_SECTIONS: dict[str, Callable[[ServerState], dict[str, object]]] = {
+    "server": _server,
+    "clients": _clients,
+    "memory": _memory,
+    "stats": _stats,
+    "cpu": _cpu,
+    "crossdock": _crossdock,
+    "keyspace": _keyspace,
+}
+
+
+def render_info(state: ServerState, requested: list[str]) -> str:
+    """The INFO text for the requested sections (default set when none; ``all``/``everything`` for all)."""
+    if not requested or requested == ["default"]:
+        names: list[str] = list(DEFAULT_SECTIONS)
+    elif any(name in ("all", "everything") for name in requested):
+        names = list(_SECTIONS)
+    else:
+        names = [name for name in _SECTIONS if name in requested]
+    lines: list[str] = []
+    for name in names:
+        if lines:
+            lines.append("")
+        lines.append(f"# {name.capitalize()}")
+        lines.extend(f"{key}:{value}" for key, value in _SECTIONS[name](state).items())
+    return "\r\n".join(lines) + "\r\n"
+
+
+def config_parameters(state: ServerState) -> dict[str, str]:
+    """Parameters CONFIG GET can read. ``save``/``appendonly`` are what redis-benchmark asks for."""
+    config = state.config
+    return {
+        "bind": config.host,
+        "port": str(state.bound_port),
+        "save": "",
+        "appendonly": "no",
+        "databases": "1",
+        "timeout": "0",
+        "maxmemory": "0",
+        "proto-max-bulk-len": str(config.max_bulk_length),
+        "slowlog-log-slower-than": str(int(config.slowlog_threshold_ms * 1000)),
+        "io-threads": "1",
+        "crossdock-mode": config.mode,
+        "crossdock-cpu": config.cpu,
+        "crossdock-workers": str(state.pool_size),
+    }

@@ -1,0 +1,54 @@
+"""structlog set-up: JSON lines when stdout is not a TTY, the console renderer when it is.
+
+Called once in the server process and again in every pool worker (a worker
+is a fresh interpreter under forkserver/spawn and has no configuration of
+its own). Per-connection context (client id, peer) is bound once per
+connection with contextvars, so log lines from inside a connection carry it
+without any per-request cost.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def configure_logging(log_format: str = "auto", level: str = "info", *, process_role: str = "server") -> None:
+    """Configure structlog (and the stdlib root logger it forwards nothing to) for this process.
+
+    ``log_format`` is ``auto``, ``json`` or ``console``; ``auto`` picks the
+    console renderer only when stdout is a TTY.
+    """
+    use_console = log_format == "console" or (log_format == "auto" and sys.stdout.isatty())
+    renderer: structlog.types.Processor = (
+        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+    )
+    processors: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if process_role != "server":
+        processors.append(_add_role(process_role))
+    if not use_console:
+        processors.append(structlog.processors.format_exc_info)
+    processors.append(renderer)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=_LEVELS.get(level, logging.INFO), stream=sys.stderr)
+
+
+def _add_role(role: str) -> structlog.types.Processor:
+    def add(_logger: object, _name: str, event_dict: structlog.types.EventDict) -> structlog.types.EventDict:
+        event_dict.setdefault("role", role)
+        return event_dict
+
+    return add

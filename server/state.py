@@ -1,0 +1,115 @@
+"""Server-wide and per-client state that commands read (INFO, CLIENT, DBSIZE) and the front ends update.
+
+Counters are plain integers bumped on the hot path: an increment is all a
+request pays for statistics. Under the threaded front end the counters may
+lose an occasional increment to a race; they are statistics, not data, and a
+lock per request would cost more than they are worth. The keyspace, which is
+data, has its own lock (see :mod:`server.commands.keyspace`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from server.commands.keyspace import Keyspace
+
+if TYPE_CHECKING:
+    from server.config import Config
+    from server.pool import CpuPool
+
+
+@dataclass
+class Stats:
+    """Server counters reported by INFO stats."""
+
+    total_connections_received: int = 0
+    rejected_connections: int = 0
+    total_commands_processed: int = 0
+    total_cpu_commands: int = 0
+    total_error_replies: int = 0
+    total_net_input_bytes: int = 0
+    total_net_output_bytes: int = 0
+    slow_commands: int = 0
+
+
+@dataclass(eq=False)
+class ClientState:
+    """One connection as CLIENT LIST and INFO clients see it."""
+
+    id: int
+    addr: str
+    laddr: str
+    fd: int = -1
+    name: bytes = b""
+    lib_name: bytes = b""
+    lib_ver: bytes = b""
+    created: float = field(default_factory=time.monotonic)
+    last_interaction: float = field(default_factory=time.monotonic)
+    last_command: str = "NULL"
+    resp: int = 2
+    #: Set by QUIT (and by protocol errors): reply, then close.
+    close_requested: bool = False
+
+    def describe(self) -> str:
+        """This client as one CLIENT LIST line (Redis's field names, the subset that applies here)."""
+        now = time.monotonic()
+        return (
+            f"id={self.id} addr={self.addr} laddr={self.laddr} fd={self.fd} "
+            f"name={self.name.decode(errors='replace')} age={int(now - self.created)} "
+            f"idle={int(now - self.last_interaction)} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 "
+            f"cmd={self.last_command} user=default redir=-1 resp={self.resp} "
+            f"lib-name={self.lib_name.decode(errors='replace')} lib-ver={self.lib_ver.decode(errors='replace')}"
+        )
+
+
+class ServerState:
+    """Everything one running server shares across its connections."""
+
+    def __init__(self, config: Config, *, thread_safe: bool) -> None:
+        self.config = config
+        self.keyspace = Keyspace(thread_safe=thread_safe)
+        self.stats = Stats()
+        self.started_at = time.time()
+        self.started_monotonic = time.monotonic()
+        self.clients: dict[int, ClientState] = {}
+        self._ids = itertools.count(1)
+        self._clients_lock = threading.Lock()
+        #: Filled in by the front end once it is bound (port 0 picks one).
+        self.bound_port: int = config.port
+        self.pool_size: int = 0
+        #: The cpu pool, when there is one (INFO reports its restarts).
+        self.pool: CpuPool | None = None
+        self.process_id = os.getpid()
+        self.run_id = os.urandom(20).hex()
+
+    def register_client(self, addr: str, laddr: str, fd: int) -> ClientState:
+        """Create the state of a newly accepted connection and count it."""
+        with self._clients_lock:
+            client = ClientState(id=next(self._ids), addr=addr, laddr=laddr, fd=fd)
+            self.clients[client.id] = client
+        self.stats.total_connections_received += 1
+        return client
+
+    def unregister_client(self, client: ClientState) -> None:
+        with self._clients_lock:
+            self.clients.pop(client.id, None)
+
+    def client_list(self) -> list[ClientState]:
+        with self._clients_lock:
+            return list(self.clients.values())
+
+    @property
+    def uptime_seconds(self) -> int:
+        return int(time.monotonic() - self.started_monotonic)
+
+
+def format_address(address: object) -> str:
+    """``host:port`` for an IPv4 or IPv6 socket address tuple, as CLIENT LIST shows it."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address)

@@ -1,0 +1,238 @@
+"""The threaded legacy front end: ``socketserver.ThreadingTCPServer``, one thread per connection.
+
+Kept so the concurrency models can be measured on the same work: the same
+protocol core, the same registry and dispatcher as the asyncio front end.
+Each connection's thread reads a chunk, answers every request in it in
+order and writes once; a cpu command runs in the thread itself
+(``--cpu inline``, contending for the GIL with every other thread) or is
+submitted to the same process pool while the thread waits (``--cpu pool``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import socketserver
+import threading
+import time
+from typing import Any
+
+import structlog
+
+from server.aio import cpu_result_to_bytes
+from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep, registry
+from server.config import Config
+from server.limits import EXPIRE_SWEEP_INTERVAL, LISTEN_BACKLOG, READ_CHUNK_SIZE
+from server.pool import BrokenProcessPool, CpuPool, run_cpu
+from server.protocol import ProtocolError, RequestParser, encode_error, encode_reply
+from server.state import ServerState, format_address
+
+log = structlog.get_logger("crossdock.threaded")
+
+_WORKER_DIED = "ERR cpu worker died while running this request; the pool has been replaced"
+
+
+class _TCPServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, address: tuple[str, int], owner: ThreadedServer) -> None:
+        self.owner = owner
+        super().__init__(address, _ConnectionHandler)
+
+
+class _ConnectionHandler(socketserver.BaseRequestHandler):
+    """Serves one connection in its own thread."""
+
+    def handle(self) -> None:
+        owner: ThreadedServer = self.server.owner  # type: ignore[attr-defined]
+        owner.serve_connection(self.request, self.client_address)
+
+
+class ThreadedServer:
+    """Config -> running threaded server: ``start()``, ``serve()`` until stopped, ``shutdown()``."""
+
+    def __init__(self, config: Config, command_registry: Registry = registry) -> None:
+        self.config = config
+        self.registry = command_registry
+        self.state = ServerState(config, thread_safe=True)
+        self.dispatcher = Dispatcher(command_registry, self.state)
+        self.pool: CpuPool | None = None
+        self._tcp: _TCPServer | None = None
+        self._serve_thread: threading.Thread | None = None
+        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._connections_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.stopping = threading.Event()
+
+    def start(self) -> None:
+        config = self.config
+        if config.cpu == "pool":
+            from server.aio import _start_pool
+
+            self.pool = _start_pool(config)
+            self.state.pool_size = config.workers
+            self.state.pool = self.pool
+        self._tcp = _TCPServer((config.host, config.port), self)
+        self.state.bound_port = self._tcp.server_address[1]
+        self._serve_thread = threading.Thread(
+            target=self._tcp.serve_forever, kwargs={"poll_interval": 0.2}, name="accept", daemon=True
+        )
+        self._serve_thread.start()
+        threading.Thread(target=self._sweep_expired, name="expire-sweep", daemon=True).start()
+        log.info(
+            "started",
+            mode="threaded",
+            cpu=config.cpu,
+            host=config.host,
+            port=self.state.bound_port,
+            workers=self.state.pool_size,
+        )
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+
+    def serve(self) -> None:
+        """Block until :meth:`request_stop`, then shut down gracefully."""
+        while not self.stopping.wait(0.5):
+            pass
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop accepting; connections finish the requests they have read, up to shutdown_timeout."""
+        with self._connections_lock:
+            count = len(self._connections)
+        log.info("stopping", connections=count, timeout=self.config.shutdown_timeout)
+        self._stop.set()
+        if self._tcp is not None:
+            self._tcp.shutdown()
+            self._tcp.server_close()
+        with self._connections_lock:
+            connections = dict(self._connections)
+        for sock in connections:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        for thread in connections.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._connections_lock:
+            leftover = list(self._connections)
+        if leftover:
+            log.warning("shutdown_timeout_closing", connections=len(leftover))
+            for sock in leftover:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        if self.pool is not None:
+            self.pool.shutdown()
+        log.info("stopped")
+
+    def _sweep_expired(self) -> None:
+        while not self._stop.wait(EXPIRE_SWEEP_INTERVAL):
+            self.state.keyspace.sweep_expired()
+
+    # -- one connection ---------------------------------------------------------------------
+    def serve_connection(self, sock: socket.socket, address: Any) -> None:
+        """Read, parse, answer in order, write once per chunk, until EOF, QUIT or a protocol error.
+
+        Error handling: as in the asyncio front end, a protocol error is
+        answered then the connection closed; peer resets end it quietly;
+        anything else is logged at warning and the connection closed.
+        """
+        with self._connections_lock:
+            self._connections[sock] = threading.current_thread()
+        client = self.state.register_client(
+            format_address(address), format_address(sock.getsockname()), sock.fileno()
+        )
+        structlog.contextvars.bind_contextvars(client_id=client.id, peer=client.addr)
+        log.debug("connection_open")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        parser = RequestParser(max_bulk_length=self.config.max_bulk_length)
+        ctx = CommandContext(self.state, client, self.registry)
+        dispatcher = self.dispatcher
+        stats = self.state.stats
+        out: list[bytes] = []
+        try:
+            while not client.close_requested:
+                data = sock.recv(READ_CHUNK_SIZE)
+                if not data:
+                    break
+                stats.total_net_input_bytes += len(data)
+                client.last_interaction = time.monotonic()
+                parser.feed(data)
+                try:
+                    while (args := parser.next_request()) is not None:
+                        result = dispatcher.execute(ctx, args)
+                        if type(result) is bytes:
+                            out.append(result)
+                        else:
+                            self._send(sock, out)  # earlier replies should not wait behind the slow one
+                            out.append(self._carry_out(result, client.id))  # type: ignore[arg-type]
+                        if client.close_requested:
+                            break
+                except ProtocolError as exc:
+                    out.append(encode_error(exc.message))
+                    client.close_requested = True
+                self._send(sock, out)
+        except OSError:
+            pass
+        except Exception:
+            log.warning("connection_failed", exc_info=True)
+        finally:
+            self.state.unregister_client(client)
+            with self._connections_lock:
+                self._connections.pop(sock, None)
+            log.debug("connection_closed")
+            structlog.contextvars.clear_contextvars()
+
+    def _send(self, sock: socket.socket, out: list[bytes]) -> None:
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self.state.stats.total_net_output_bytes += len(data)
+        sock.sendall(data)
+
+    def _carry_out(self, action: RunCpu | Sleep, client_id: int) -> bytes:
+        if isinstance(action, Sleep):
+            time.sleep(action.seconds)
+            return encode_reply(action.reply)
+        started = time.perf_counter_ns()
+        if self.pool is None:
+            reply = cpu_result_to_bytes(run_cpu(action.func, action.args))
+        else:
+            executor = self.pool.executor
+            try:
+                reply = cpu_result_to_bytes(executor.submit(run_cpu, action.func, action.args).result())
+            except BrokenProcessPool:
+                self.pool.replace_broken(executor)
+                reply = encode_error(_WORKER_DIED)
+        elapsed = time.perf_counter_ns() - started
+        if elapsed >= self.dispatcher.slow_threshold_ns:
+            self.dispatcher.note_slow(action.name, elapsed / 1e6, client_id)
+        return reply
+
+
+def run(config: Config) -> int:
+    """Entry point for ``crossdock serve --mode threaded``: serve until SIGINT/SIGTERM."""
+    server = ThreadedServer(config)
+    received = {"count": 0}
+
+    def handle(signum: int, _frame: object) -> None:
+        received["count"] += 1
+        if received["count"] == 1:
+            log.info("signal_received", signal=signal.Signals(signum).name, action="graceful shutdown")
+            server.request_stop()
+        else:
+            log.warning("signal_received_again", signal=signal.Signals(signum).name, action="exit now")
+            import os
+
+            os._exit(1)
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+    server.start()
+    server.serve()
+    return 0
