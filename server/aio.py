@@ -109,7 +109,7 @@ class Connection:
                 try:
                     while (args := parser.next_request()) is not None:
                         result = dispatcher.execute(ctx, args)
-                        if type(result) is bytes:
+                        if isinstance(result, bytes):
                             if self._pending:
                                 self._pending.append(result)
                             else:

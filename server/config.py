@@ -116,7 +116,7 @@ def _convert(name: str, raw: Any) -> Any:
         if isinstance(raw, str):
             return tuple(part.strip() for part in raw.split(",") if part.strip())
         return tuple(raw)
-    sample = default.default if default.default_factory is None else default.default_factory()  # type: ignore[misc]
+    sample = default.default_factory() if callable(default.default_factory) else default.default
     if isinstance(sample, bool):
         return str(raw).lower() in ("1", "yes", "true", "on")
     if isinstance(sample, int):

@@ -165,7 +165,7 @@ class ThreadedServer:
                 try:
                     while (args := parser.next_request()) is not None:
                         result = dispatcher.execute(ctx, args)
-                        if type(result) is bytes:
+                        if isinstance(result, bytes):
                             out.append(result)
                         else:
                             self._send(sock, out)  # earlier replies should not wait behind the slow one

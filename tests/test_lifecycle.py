@@ -15,8 +15,8 @@ from server.protocol import SimpleString, encode_command
 from tests.support import ROOT, ServerProcess
 
 #: Long enough (seconds of pure-Python sieve) that a signal surely lands while it runs.
-LONG_PRIMES = 10_000_000
-PRIMES_10M = 664_579
+LONG_PRIMES = 20_000_000
+PRIMES_20M = 1_270_607
 
 
 def test_port_zero_is_reported_in_the_startup_log(fresh_server_factory) -> None:  # type: ignore[no-untyped-def]
@@ -74,9 +74,9 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(mode: str, fresh
         assert process.proc.poll() is None
         import time
 
-        time.sleep(0.5)  # let the server read the request; the reply takes seconds
+        time.sleep(0.2)  # let the server read the request; the reply takes seconds
         process.signal(signal.SIGTERM)
-        assert busy.read_reply() == PRIMES_10M
+        assert busy.read_reply() == PRIMES_20M
         assert busy.read_reply() == b"after"
         assert busy.is_closed_by_server(timeout=20)
         assert idle.is_closed_by_server(timeout=20)

@@ -1,0 +1,34 @@
+# crossdock in a container: slim Python, non-root, tini as PID 1 so SIGTERM reaches the server
+# (and its graceful shutdown runs), bound to 0.0.0.0 inside the container.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    CROSSDOCK_HOST=0.0.0.0 \
+    CROSSDOCK_PORT=7379
+
+# tini reaps zombies and forwards signals to the server; gcc is not needed (wheels for uvloop/hiredis).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY server ./server
+COPY clients ./clients
+COPY loadtest ./loadtest
+RUN pip install --no-cache-dir . \
+    && groupadd --system --gid 10001 crossdock \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home crossdock
+
+USER 10001:10001
+EXPOSE 7379
+
+# Healthy means the server answers PING with +PONG (RESP inline command over TCP).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-c", "import socket,sys; s=socket.create_connection(('127.0.0.1', 7379), 2); s.sendall(b'PING\\r\\n'); sys.exit(0 if s.recv(7) == b'+PONG\\r\\n' else 1)"]
+
+ENTRYPOINT ["/usr/bin/tini", "--", "crossdock", "serve"]
+CMD ["--mode", "async", "--cpu", "pool"]
