@@ -45,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from clients._core import (
     DEFAULT,
@@ -98,9 +98,9 @@ class _ReplyProtocol(asyncio.Protocol):
     # -- asyncio.Protocol callbacks --------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        # uvloop's TCP transport implements asyncio.Transport without subclassing it: cast, not isinstance.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
@@ -364,7 +364,7 @@ class AsyncClient:
             async with asyncio.timeout(timeout):
                 return [await future for future in futures]
         except TimeoutError:
-            raise ClientTimeoutError(f"pipeline of {count} commands not answered within {timeout} s") from None
+            raise ClientTimeoutError(f"{count} pipelined commands not answered within {timeout} s") from None
         finally:
             _release(futures)
 

@@ -59,7 +59,11 @@ class AsyncClientPool:
     """
 
     def __init__(
-        self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, size: int = DEFAULT_POOL_SIZE,
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        size: int = DEFAULT_POOL_SIZE,
         **client_kwargs: Any,
     ) -> None:
         if not 1 <= size <= MAX_POOL_SIZE:
