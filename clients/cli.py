@@ -49,6 +49,7 @@ from clients.errors import (
     ConnectionLostError,
     ReplyError,
 )
+from server.protocol._redis_text import split_args as _split_inline
 
 #: Environment variable naming the history file; ``/dev/null`` turns history off (as REDISCLI_HISTFILE).
 HISTORY_FILE_ENV: Final = "CROSSDOCK_HISTFILE"
@@ -80,74 +81,22 @@ class SplitError(ValueError):
     """A typed line with unbalanced quotes (redis-cli answers "Invalid argument(s)")."""
 
 
-_HEX = b"0123456789abcdefABCDEF"
-_SPACE = b" \n\r\t\v\f"
-_ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("a"): b"\a"}
-
-
 def split_args(line: bytes) -> list[bytes]:
     """Split a typed line into words exactly as redis-cli (Redis's ``sdssplitargs``) does.
 
     This is command-line tokenizing, not RESP: what the person typed becomes
     the arguments that :func:`server.protocol.encode_command` then frames.
+    It reuses the port of ``sdssplitargs`` that the server's inline-command
+    parser uses, so a line typed here and the same line typed into
+    ``nc`` become the same arguments.
 
     Error handling: an unterminated quote, or a closing quote followed by
     something other than a space, raises :class:`SplitError`.
     """
-    words: list[bytes] = []
-    i, n = 0, len(line)
-    while True:
-        while i < n and line[i] in _SPACE:
-            i += 1
-        if i >= n:
-            return words
-        current = bytearray()
-        in_double = in_single = False
-        while True:
-            c = line[i] if i < n else None
-            if in_double:
-                if c is None:
-                    raise SplitError("unbalanced quotes")
-                if (
-                    c == 0x5C and i + 3 < n and line[i + 1] == ord("x")
-                    and line[i + 2] in _HEX and line[i + 3] in _HEX
-                ):  # fmt: skip
-                    current.append(int(line[i + 2 : i + 4], 16))
-                    i += 3
-                elif c == 0x5C and i + 1 < n:
-                    i += 1
-                    current += _ESCAPES.get(line[i], bytes([line[i]]))
-                elif c == ord('"'):
-                    if i + 1 < n and line[i + 1] not in _SPACE:
-                        raise SplitError("closing quote must be followed by a space")
-                    i += 1
-                    break
-                else:
-                    current.append(c)
-            elif in_single:
-                if c is None:
-                    raise SplitError("unbalanced quotes")
-                if c == 0x5C and i + 1 < n and line[i + 1] == ord("'"):
-                    i += 1
-                    current.append(ord("'"))
-                elif c == ord("'"):
-                    if i + 1 < n and line[i + 1] not in _SPACE:
-                        raise SplitError("closing quote must be followed by a space")
-                    i += 1
-                    break
-                else:
-                    current.append(c)
-            else:
-                if c is None or c in _SPACE:
-                    break
-                if c == ord('"'):
-                    in_double = True
-                elif c == ord("'"):
-                    in_single = True
-                else:
-                    current.append(c)
-            i += 1
-        words.append(bytes(current))
+    words = _split_inline(line)
+    if words is None:
+        raise SplitError("unbalanced quotes")
+    return words
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

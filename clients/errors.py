@@ -63,10 +63,12 @@ class ClientConnectionError(ClientError, ConnectionError):
 
 
 class ConnectFailedError(ClientConnectionError):
-    """Connecting failed (refused, unreachable host, name resolution, AUTH refused at connect).
+    """Connecting failed: refused, unreachable host, name resolution.
 
-    ``__cause__`` holds the underlying :class:`OSError` or :class:`ReplyError`.
-    Nothing was sent, so retrying is always safe.
+    ``__cause__`` holds the underlying :class:`OSError`. Nothing was sent, so
+    retrying is always safe. (A refused AUTH at connect is raised as the
+    server's :class:`ReplyError`, code ``WRONGPASS`` or ``ERR``, instead:
+    retrying would not help.)
     """
 
 
