@@ -170,6 +170,7 @@ def run_loadtest(config: LoadConfig, progress: ProgressCallback | None = None) -
         run_budget = config.duration + DRAIN_TIMEOUT + config.connect_timeout + SPAWN_ALLOWANCE
         reporter = _Reporter(aggregate, config, t0, progress, timeline)
         _collect(results, procs, aggregate, {"done"}, run_budget, stop, reporter)
+        reporter.maybe_report(force=True)  # the last partial interval (and a line even for short runs)
     finally:
         stop.set()
         go.set()
@@ -266,9 +267,12 @@ class _Reporter:
         self.last_received = 0
         self.last_at = t0
 
-    def maybe_report(self) -> None:
+    def maybe_report(self, force: bool = False) -> None:
+        """Emit a snapshot if an interval has passed (or ``force``)."""
         now = time.monotonic_ns()
-        if now < self.next_at:
+        if now < self.next_at and not force:
+            return
+        if force and self.aggregate.total("received") == self.last_received and self.timeline:
             return
         self.next_at += int(self.config.interval * 1e9) * max(
             1, (now - self.next_at) // int(self.config.interval * 1e9)
