@@ -27,6 +27,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import sys
 from pathlib import Path
 from typing import Any, Final
@@ -46,6 +47,9 @@ DEFAULT_DURATION: Final = 3.0
 #: Longest total planned time (points x duration) compare accepts, in seconds: one hour.
 MAX_TOTAL: Final = 3600.0
 
+#: Most runs per point: a median of 9 is plenty; more is a soak test.
+MAX_REPEAT: Final = 9
+
 #: Scenarios redis-server can serve (it has no PRIMES, FACTOR or PBKDF2).
 REDIS_COMMANDS: Final = ("ping", "echo", "set", "get")
 
@@ -63,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--modes", default="all",
         help="comma-separated modes (" + ", ".join(name for name, _, _ in MODES) + ") or all",
     )  # fmt: skip
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per point; the table shows each figure's median"
+    )
     parser.add_argument("--baseline", choices=("redis",), help="also run redis-server, where it can serve")
     parser.add_argument("--out", default="report", help="output directory (default ./report)")
     parser.add_argument("--size", type=int, default=16, help="payload bytes for echo and set")
@@ -164,6 +171,20 @@ def _row(target: str, connections: int, report: dict[str, Any]) -> dict[str, Any
     return row
 
 
+def median_row(point: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from repeated runs of a point: the median of each figure, errors summed, ok if all ok."""
+    row = dict(point[0])
+    for key, value in point[0].items():
+        if key in ("target", "connections", "ok", "errors"):
+            continue
+        values = [run[key] for run in point if isinstance(run.get(key), int | float)]
+        row[key] = statistics.median(values) if values else value
+    row["errors"] = sum(run["errors"] for run in point)
+    row["ok"] = all(run["ok"] for run in point)
+    row["runs"] = len(point)
+    return row
+
+
 def markdown_table(rows: list[dict[str, Any]], kind: str) -> str:
     """One markdown table of the points, with the columns the scenario kind needs."""
     columns = [("target", "target"), ("connections", "connections")]
@@ -258,7 +279,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--duration must be in (0, {MAX_DURATION:g}]")
         commands = [name for name, _ in scenario.weights]
         targets, notes = _targets(args, commands)
-        if len(targets) * len(counts) * args.duration > MAX_TOTAL:
+        if not 1 <= args.repeat <= MAX_REPEAT:
+            raise ValueError(f"--repeat must be 1..{MAX_REPEAT}")
+        if len(targets) * len(counts) * args.duration * args.repeat > MAX_TOTAL:
             raise ValueError(f"planned run time exceeds {MAX_TOTAL:g} s: fewer counts, modes or seconds")
         server_cpus, generator_cpus, pinning = plan_pinning(args)
     except ValueError as exc:
@@ -291,15 +314,17 @@ def run(args: argparse.Namespace) -> int:
                     probe_rate=args.probe_rate,
                     cpus=generator_cpus,
                 )
-                report = run_loadtest(config)
-                report.pop("timeline", None)
-                row = _row(target, count, report)
+                point: list[dict[str, Any]] = []
+                for _ in range(args.repeat):
+                    report = run_loadtest(config)
+                    report.pop("timeline", None)
+                    point.append(_row(target, count, report))
+                    reports.append({"target": target, "connections": count, "report": report})
+                row = median_row(point)
                 rows.append(row)
-                reports.append({"target": target, "connections": count, "report": report})
                 print(
                     f"  {target:16} {count:6} connections: {row['throughput_rps']:>10,.0f}/s "
-                    f"p99 {row['p99_ms']:.3f} ms"
-                    + ("" if report["ok"] else f"  PROBLEMS {report['problems']}"),
+                    f"p99 {row['p99_ms']:.3f} ms" + ("" if row["ok"] else "  PROBLEMS (see compare.json)"),
                     file=sys.stderr,
                 )
     when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -320,6 +345,7 @@ def run(args: argparse.Namespace) -> int:
         "pool_workers": workers,
         "generator_processes": processes,
         "duration_s": args.duration,
+        "repeat": args.repeat,
         "notes": notes,
         "rows": rows,
         "runs": reports,
@@ -334,7 +360,8 @@ def run(args: argparse.Namespace) -> int:
         f"- command: `{command}`",
         f"- machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}",
         f"- pinning: {pinning}",
-        f"- pool workers: {workers}; generator processes: {processes}; {args.duration:g} s per point",
+        f"- pool workers: {workers}; generator processes: {processes}; {args.duration:g} s per run; "
+        f"median of {args.repeat} run(s) per point",
         *(f"- note: {note}" for note in notes),
         "",
         markdown_table(rows, scenario.kind),
