@@ -115,7 +115,7 @@ class Connection:
                             else:
                                 self._out.append(result)
                         else:
-                            self._start_action(result)  # type: ignore[arg-type]
+                            self._start_action(result)
                         if client.close_requested:
                             break
                 except ProtocolError as exc:

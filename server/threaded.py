@@ -169,7 +169,7 @@ class ThreadedServer:
                             out.append(result)
                         else:
                             self._send(sock, out)  # earlier replies should not wait behind the slow one
-                            out.append(self._carry_out(result, client.id))  # type: ignore[arg-type]
+                            out.append(self._carry_out(result, client.id))
                         if client.close_requested:
                             break
                 except ProtocolError as exc:

@@ -276,14 +276,12 @@ def test_pipelined_replies_stay_in_request_order(server: ServerProcess) -> None:
                 batch += encode_command("SLEEP", 5)
             batch += encode_command("INCR", k)
         conn.send_raw(batch)
-        count = 0
-        for i in range(200):
+        for count, i in enumerate(range(200), start=1):
             assert conn.read_reply() == str(i).encode()
             if i % 50 == 0:
                 assert isinstance(conn.read_reply(), int)
             if i % 70 == 0:
                 assert conn.read_reply() == SimpleString("OK")
-            count += 1
             assert conn.read_reply() == count
 
 

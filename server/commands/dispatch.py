@@ -32,7 +32,7 @@ def unknown_command_error(args: list[bytes]) -> str:
     for raw in args[1:]:
         if len(quoted) >= UNKNOWN_COMMAND_QUOTE_LIMIT:
             break
-        quoted += "'%s' " % raw.decode(errors="replace")[: UNKNOWN_COMMAND_QUOTE_LIMIT - len(quoted)]
+        quoted += f"'{raw.decode(errors='replace')[: UNKNOWN_COMMAND_QUOTE_LIMIT - len(quoted)]}' "
     name = args[0].decode(errors="replace")[:UNKNOWN_COMMAND_QUOTE_LIMIT]
     return f"ERR unknown command '{name}', with args beginning with: {quoted}"
 

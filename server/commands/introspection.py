@@ -60,7 +60,11 @@ def command_docs(command: Command) -> list[object]:
             subs.extend(
                 [
                     f"{command.name}|{sub}",
-                    ["summary", f"{command.name.upper()} {sub.upper()}", "since", command.since, "group", command.group],
+                    [
+                        "summary", f"{command.name.upper()} {sub.upper()}",
+                        "since", command.since,
+                        "group", command.group,
+                    ],
                 ]
             )
         docs.extend(["subcommands", subs])

@@ -16,7 +16,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterable
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 from server.commands.registry import CommandError
 
@@ -38,7 +38,7 @@ class Keyspace:
     def __init__(self, thread_safe: bool = False) -> None:
         self._data: dict[bytes, bytes] = {}
         self._expires: dict[bytes, int] = {}
-        self._lock: ContextManager[object] = threading.Lock() if thread_safe else contextlib.nullcontext()
+        self._lock: AbstractContextManager[object] = threading.Lock() if thread_safe else contextlib.nullcontext()
         self.expired_keys = 0
 
     # -- helpers, called with the lock held -------------------------------------------------

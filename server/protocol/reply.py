@@ -56,7 +56,7 @@ class _NullArray:
 
 NULL_ARRAY: Final = _NullArray()
 
-Reply: TypeAlias = "SimpleString | ErrorReply | RawReply | int | bytes | str | float | None | list[Reply] | tuple[Reply, ...] | _NullArray"  # noqa: E501
+Reply: TypeAlias = "SimpleString | ErrorReply | RawReply | int | bytes | str | float | list[Reply] | tuple[Reply, ...] | _NullArray | None"  # noqa: E501
 
 # Precomputed replies for the constants a hot path sends most.
 OK: Final = RawReply(b"+OK\r\n")
