@@ -52,7 +52,7 @@ def test_environment_reaches_a_real_server() -> None:
         process.stop()
 
 
-def test_slow_commands_are_logged_once_each_and_fast_ones_not_at_all(fresh_server_factory) -> None:  # type: ignore[no-untyped-def]  # noqa: E501
+def test_slow_commands_are_logged_once_each_and_fast_ones_not_at_all(fresh_server_factory) -> None:  # type: ignore[no-untyped-def]
     process = fresh_server_factory("async", "pool", "--slowlog-threshold-ms", "100")
     with process.connect() as conn:
         for _ in range(50):
@@ -66,7 +66,7 @@ def test_slow_commands_are_logged_once_each_and_fast_ones_not_at_all(fresh_serve
 
 
 @pytest.mark.parametrize("mode", ["async", "threaded"])
-def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(mode: str, fresh_server_factory) -> None:  # type: ignore[no-untyped-def]  # noqa: E501
+def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(mode: str, fresh_server_factory) -> None:  # type: ignore[no-untyped-def]
     process = fresh_server_factory(mode, "pool")
     with process.connect() as busy, process.connect() as idle:
         assert idle.call("PING") == SimpleString("PONG")
