@@ -242,9 +242,7 @@ class AsyncClient:
         parser = make_parser(self.decode, self._use_hiredis)
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: _ReplyProtocol(loop, parser), self.host, self.port
-                )
+                _, protocol = await loop.create_connection(lambda: _ReplyProtocol(loop, parser), self.host, self.port)
         except TimeoutError as exc:
             raise ClientTimeoutError(
                 f"connect to {self.host}:{self.port} timed out after {self.connect_timeout} s"

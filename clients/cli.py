@@ -108,9 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     parser.conflict_handler = "resolve"
     connection = parser.add_argument_group("connection")
-    connection.add_argument(
-        "-h", "--host", default=DEFAULT_HOST, help=f"server host (default {DEFAULT_HOST})"
-    )
+    connection.add_argument("-h", "--host", default=DEFAULT_HOST, help=f"server host (default {DEFAULT_HOST})")
     connection.add_argument(
         "-p", "--port", type=int, default=DEFAULT_PORT, help=f"server port (default {DEFAULT_PORT})"
     )
@@ -126,9 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output = parser.add_argument_group("output")
     raw = output.add_mutually_exclusive_group()
     raw.add_argument("--raw", action="store_true", help="raw replies, even on a terminal")
-    raw.add_argument(
-        "--no-raw", action="store_true", help="formatted replies, even when stdout is not a terminal"
-    )
+    raw.add_argument("--no-raw", action="store_true", help="formatted replies, even when stdout is not a terminal")
     parser.add_argument(
         "cli_command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG ...]",
         help="run this one command and exit (otherwise: interactive, or stdin lines when piped)",
@@ -317,44 +313,53 @@ def _run_interactive(session: _Session, out: _Output) -> int:
     history = _Readline.setup(session.command_names if session.client is not None else lambda: [])
     try:
         while True:
-            prompt = f"{session.host}:{session.port}> " if session.client is not None else "not connected> "
             try:
-                line = input(prompt)
-            except EOFError:
-                out.stdout.write("\n")
-                return 0
+                if _interactive_step(session, out, history):
+                    return 0
             except KeyboardInterrupt:
+                # Ctrl-C at the prompt, or while a reply was printed: drop the line, keep the session.
                 out.stdout.write("\n")
-                continue
-            try:
-                words = _words(line)
-            except SplitError:
-                out.problem("Invalid argument(s)")
-                continue
-            if not words:
-                continue
-            if history is not None:
-                history.forget_secret(words)
-            first = words[0].lower()
-            if first in (b"quit", b"exit") and len(words) == 1:
-                return 0
-            if first == b"help" and len(words) == 1:
-                out.stdout.write(_HELP_TEXT)
-                continue
-            if first == b"clear" and len(words) == 1:
-                out.stdout.write("\033[H\033[2J")
-                out.stdout.flush()
-                continue
-            was_connected = session.client is not None
-            try:
-                session.run(words, errors_to_stderr=False)
-            except KeyboardInterrupt:
-                out.stdout.write("(interrupted)\n")
-            if history is not None and not was_connected and session.client is not None:
-                history.load_names(session.command_names)
     finally:
         if history is not None:
             history.save()
+
+
+def _interactive_step(session: _Session, out: _Output, history: _Readline | None) -> bool:
+    """Read and run one line; return True when the person asked to leave."""
+    prompt = f"{session.host}:{session.port}> " if session.client is not None else "not connected> "
+    try:
+        line = input(prompt)
+    except EOFError:
+        out.stdout.write("\n")
+        return True
+    try:
+        words = _words(line)
+    except SplitError:
+        out.problem("Invalid argument(s)")
+        return False
+    if not words:
+        return False
+    if history is not None:
+        history.forget_secret(words)
+    first = words[0].lower()
+    if first in (b"quit", b"exit") and len(words) == 1:
+        return True
+    if first == b"help" and len(words) == 1:
+        out.stdout.write(_HELP_TEXT)
+        return False
+    if first == b"clear" and len(words) == 1:
+        out.stdout.write("\033[H\033[2J")
+        out.stdout.flush()
+        return False
+    was_connected = session.client is not None
+    try:
+        session.run(words, errors_to_stderr=False)
+    except KeyboardInterrupt:
+        out.stdout.write("(interrupted)\n")
+        session.connect()  # a fresh connection: the abandoned reply must not hold up the next command
+    if history is not None and not was_connected and session.client is not None:
+        history.load_names(session.command_names)
+    return False
 
 
 class _Readline:
@@ -427,9 +432,7 @@ class _Readline:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m clients.cli [options] [command ...]``: the same as ``crossdock cli``."""
-    parser = argparse.ArgumentParser(
-        prog="crossdock cli", description="Interactive RESP client, like redis-cli."
-    )
+    parser = argparse.ArgumentParser(prog="crossdock cli", description="Interactive RESP client, like redis-cli.")
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -125,9 +125,7 @@ class Client:
         try:
             sock = socket.create_connection((self.host, self.port), timeout=connect_timeout)
         except TimeoutError as exc:
-            raise ClientTimeoutError(
-                f"connect to {self.host}:{self.port} timed out after {connect_timeout} s"
-            ) from exc
+            raise ClientTimeoutError(f"connect to {self.host}:{self.port} timed out after {connect_timeout} s") from exc
         except OSError as exc:
             raise ConnectFailedError(f"could not connect to {self.host}:{self.port}: {exc}") from exc
         try:
@@ -270,9 +268,7 @@ class Client:
                     raise ClientTimeoutError(f"no reply within {timeout} s") from None
                 raise
 
-    def _wait(
-        self, selector: selectors.BaseSelector, sock: socket.socket, events: int, deadline: float | None
-    ) -> int:
+    def _wait(self, selector: selectors.BaseSelector, sock: socket.socket, events: int, deadline: float | None) -> int:
         """Block until ``sock`` is ready for ``events``; return the ready events.
 
         Error handling: raises the builtin :class:`TimeoutError` at the

@@ -6,6 +6,7 @@ import os
 import pty
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -163,9 +164,7 @@ class Pty:
             os.close(self.master)
 
 
-def test_interactive_prompt_replies_completion_and_history(
-    endpoint: Endpoint, tmp_path: Path, key: str
-) -> None:
+def test_interactive_prompt_replies_completion_and_history(endpoint: Endpoint, tmp_path: Path, key: str) -> None:
     history = tmp_path / "history"
     env = {**os.environ, "TERM": "dumb", "CROSSDOCK_HISTFILE": str(history), "HOME": str(tmp_path)}
     session = Pty(endpoint, env)
@@ -191,3 +190,30 @@ def test_interactive_prompt_replies_completion_and_history(
     saved = history.read_text()
     assert "PING" in saved and "ECHO 'from tab'" in saved
     assert "not-a-real-password" not in saved
+
+
+def test_interactive_ctrl_c_abandons_the_command_not_the_session(crossdock_endpoint: Endpoint, tmp_path: Path) -> None:
+    env = {**os.environ, "TERM": "dumb", "CROSSDOCK_HISTFILE": os.devnull, "HOME": str(tmp_path)}
+    session = Pty(crossdock_endpoint, env)
+    try:
+        prompt = f"{crossdock_endpoint.host}:{crossdock_endpoint.port}> ".encode()
+        session.expect(prompt)
+        session.send("SLEEP 5000\r")
+        time.sleep(0.3)
+        session.proc.send_signal(signal.SIGINT)
+        session.expect(b"(interrupted)")
+        session.expect(prompt)
+        session.send("PING\r")  # a fresh connection: the abandoned SLEEP reply does not hold it up
+        session.expect(b"PONG", timeout=3)
+        session.expect(prompt)
+        session.output = b""
+        # CPython's readline notices a signal only while it waits in select(); a person is never
+        # fast enough to hit the instant between the prompt being drawn and that wait, a test is.
+        time.sleep(0.3)
+        session.proc.send_signal(signal.SIGINT)  # at the prompt: a new prompt, not an exit
+        session.expect(prompt)
+        session.send("exit\r")
+        assert session.close() == 0
+    finally:
+        if session.proc.poll() is None:
+            session.proc.kill()

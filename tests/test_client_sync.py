@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -224,3 +225,35 @@ class socket_port_closed:
 
     def __exit__(self, *exc: object) -> None:
         self._sock.close()
+
+
+def test_interrupted_call_keeps_later_replies_matched(endpoint: Endpoint, key: str) -> None:
+    # A signal handler raising mid-call (what Ctrl-C does) must leave the connection in step.
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with connect(endpoint) as c:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(KeyboardInterrupt):
+                c.execute(*slow_command(endpoint, 0.6, key))
+            assert c.execute("ECHO", "mine") == b"mine"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("use_hiredis", [True, False], ids=["hiredis", "pure-python"])
+def test_both_parser_backends(endpoint: Endpoint, key: str, use_hiredis: bool) -> None:
+    # Long replies (past the parser's hiredis threshold) and short ones, through each backend.
+    pytest.importorskip("hiredis") if use_hiredis else None
+    with connect(endpoint, use_hiredis=use_hiredis) as c:
+        with c.pipeline() as p:
+            for i in range(300):
+                p.execute("ECHO", f"{i}" * 10)
+            p.execute("PING")
+            p.execute("NOSUCHCOMMAND")
+        assert p.results[:300] == [f"{i}".encode() * 10 for i in range(300)]
+        assert p.results[300] == "PONG" and isinstance(p.results[301], ReplyError)
+        assert c.execute("ECHO", b"x" * 100_000) == b"x" * 100_000
