@@ -55,18 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cpu command size: n for primes/factor, iterations for pbkdf2 (defaults: primes 20000, "
         "factor 1000000007, pbkdf2 5000; responsiveness primes 100000)",
     )  # fmt: skip
-    what.add_argument(
-        "--keyspace", type=int, default=10_000, help="distinct keys for set/get (default 10000)"
-    )
+    what.add_argument("--keyspace", type=int, default=10_000, help="distinct keys for set/get (default 10000)")
     load = parser.add_argument_group("how hard")
     load.add_argument("-c", "--connections", type=int, default=50, help="connections (default 50)")
     load.add_argument(
         "-P", "--processes", type=int, default=None,
         help=f"generator processes (default: half the usable CPUs, here {default_processes()})",
     )  # fmt: skip
-    load.add_argument(
-        "--pipeline", type=int, default=1, help="closed loop: requests in flight per connection"
-    )
+    load.add_argument("--pipeline", type=int, default=1, help="closed loop: requests in flight per connection")
     load.add_argument(
         "--rate", type=float, default=None,
         help="open loop: requests per second over all connections, latency from the scheduled time",
@@ -91,9 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
     """Build and validate a LoadConfig. Error handling: raises ValueError with a usage message."""
-    scenario = parse_scenario(
-        args.scenario, size=args.size, work=args.work, keyspace=args.keyspace, seed=args.seed
-    )
+    scenario = parse_scenario(args.scenario, size=args.size, work=args.work, keyspace=args.keyspace, seed=args.seed)
     if args.duration is not None:
         duration = args.duration
     elif args.requests is not None:

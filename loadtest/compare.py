@@ -67,26 +67,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--modes", default="all",
         help="comma-separated modes (" + ", ".join(name for name, _, _ in MODES) + ") or all",
     )  # fmt: skip
-    parser.add_argument(
-        "--repeat", type=int, default=1, help="runs per point; the table shows each figure's median"
-    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs per point; the table shows each figure's median")
     parser.add_argument("--baseline", choices=("redis",), help="also run redis-server, where it can serve")
     parser.add_argument("--out", default="report", help="output directory (default ./report)")
     parser.add_argument("--size", type=int, default=16, help="payload bytes for echo and set")
     parser.add_argument("--work", type=int, default=None, help="cpu command size (see crossdock loadtest)")
-    parser.add_argument(
-        "--pipeline", type=int, default=1, help="closed loop: requests in flight per connection"
-    )
+    parser.add_argument("--pipeline", type=int, default=1, help="closed loop: requests in flight per connection")
     parser.add_argument("--rate", type=float, default=None, help="open loop: requests per second")
-    parser.add_argument(
-        "--probe-rate", type=float, default=DEFAULT_PROBE_RATE, help="responsiveness probe rate"
-    )
+    parser.add_argument("--probe-rate", type=float, default=DEFAULT_PROBE_RATE, help="responsiveness probe rate")
     parser.add_argument(
         "-P", "--processes", type=int, default=None, help="generator processes (default: 1 per generator CPU)"
     )
-    parser.add_argument(
-        "--workers", type=int, default=None, help="server pool workers (default: 1 per server CPU)"
-    )
+    parser.add_argument("--workers", type=int, default=None, help="server pool workers (default: 1 per server CPU)")
     parser.add_argument("--server-cpus", default=None, help="CPUs for the server (default: first half)")
     parser.add_argument("--generator-cpus", default=None, help="CPUs for the generator (default: the rest)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin anything")
@@ -232,9 +224,7 @@ def plot(rows: list[dict[str, Any]], kind: str, out: Path, title: str) -> list[s
 
     charts: list[tuple[str, str, str]] = []  # (file, row key, y label)
     if kind == "hold":
-        charts.append(
-            ("memory_per_connection.png", "bytes_per_connection", "server bytes per idle connection")
-        )
+        charts.append(("memory_per_connection.png", "bytes_per_connection", "server bytes per idle connection"))
     elif kind == "storm":
         charts.append(("connections_per_second.png", "connections_per_s", "connections per second"))
         charts.append(("p99.png", "p99_ms", "p99 connect+PING+close (ms)"))
@@ -248,9 +238,7 @@ def plot(rows: list[dict[str, Any]], kind: str, out: Path, title: str) -> list[s
     for filename, key, label in charts:
         figure, axes = plt.subplots(figsize=(7, 4.2))
         for target in targets:
-            points = [
-                (r["connections"], r[key]) for r in rows if r["target"] == target and r.get(key) is not None
-            ]
+            points = [(r["connections"], r[key]) for r in rows if r["target"] == target and r.get(key) is not None]
             if points:
                 axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=target)
         axes.set_xscale("log")
@@ -351,7 +339,8 @@ def run(args: argparse.Namespace) -> int:
         "runs": reports,
     }
     (out / "compare.json").write_text(json.dumps(document, indent=2) + "\n")
-    title = f"{scenario.name}, {args.duration:g} s per point; {pinning.split(' with ')[0]}"
+    pinned = f"server CPUs {list(server_cpus)}, generator CPUs {list(generator_cpus)}" if server_cpus else "not pinned"
+    title = f"{scenario.name}: {args.duration:g} s per run, median of {args.repeat}; {pinned}"
     images = [] if args.no_plots else plot(rows, scenario.kind, out, title)
     markdown = [
         f"# crossdock compare: {scenario.name}",

@@ -103,6 +103,13 @@ class LoadConfig:
         if not 0 < self.port <= 65535:
             raise ValueError("--port must be 1..65535")
         check_host(self.host, self.allow_remote_host)
+        per_process = -(-self.connections // min(self.processes, self.connections)) + FD_MARGIN
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and per_process > hard:
+            raise ValueError(
+                f"{self.connections} connections over {self.processes} processes need {per_process} open "
+                f"files per process but the hard limit is {hard}: use more --processes or raise the limit"
+            )
 
 
 def check_host(host: str, allow_remote: bool) -> None:

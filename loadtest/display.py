@@ -99,13 +99,8 @@ def _latency_row(name: str, summary: dict[str, Any]) -> list[str]:
 def final_table(report: dict[str, Any]) -> Table:
     """The end-of-run table: settings, counts, throughput, latency per command, special figures."""
     load, requests, conns = report["load"], report["requests"], report["connections"]
-    title = (
-        f"{report['scenario']['name']}: {load['connections']} connections, {load['processes']} processes, "
-        + (
-            f"open loop at {load['rate']:g}/s"
-            if load["model"] == "open"
-            else f"closed loop, pipeline {load['pipeline']}"
-        )
+    title = f"{report['scenario']['name']}: {load['connections']} connections, {load['processes']} processes, " + (
+        f"open loop at {load['rate']:g}/s" if load["model"] == "open" else f"closed loop, pipeline {load['pipeline']}"
     )
     summary = Table(title=title, show_header=False)
     summary.add_column("what")
@@ -124,9 +119,7 @@ def final_table(report: dict[str, Any]) -> Table:
     if "hold" in report:
         hold = report["hold"]
         per = hold.get("bytes_per_connection")
-        summary.add_row(
-            "server RSS growth", f"{hold.get('rss_growth_bytes')} bytes ({hold.get('rss_source')})"
-        )
+        summary.add_row("server RSS growth", f"{hold.get('rss_growth_bytes')} bytes ({hold.get('rss_source')})")
         summary.add_row("per idle connection", "-" if per is None else f"{per:,.0f} bytes")
     latency = Table(title="latency (ms)")
     for column in ("command", "count", "p50", "p90", "p99", "p99.9", "max"):

@@ -504,9 +504,7 @@ class Worker:
             self.conns.extend(await self.connect(plan.connections, driver, ping=kind == "hold"))
         if plan.probe:
             probe_label = self.labels.index(PROBE_LABEL)
-            probe = OpenLoop(
-                self, self.probe_conns, config.probe_rate, [(probe_label, PING)], use_budget=False
-            )
+            probe = OpenLoop(self, self.probe_conns, config.probe_rate, [(probe_label, PING)], use_budget=False)
             self.probe_conns.extend(await self.connect(1, probe, ping=False))
             self.open_loops.append(probe)
         self.queue.put(("ready", plan.index, self.counters()))

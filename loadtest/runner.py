@@ -211,9 +211,7 @@ def _collect(
     while pending:
         try:
             if time.monotonic() > deadline:
-                aggregate.crashes.append(
-                    f"workers {sorted(pending)} sent no {'/'.join(wanted)} in {budget:.0f} s"
-                )
+                aggregate.crashes.append(f"workers {sorted(pending)} sent no {'/'.join(wanted)} in {budget:.0f} s")
                 return False
             try:
                 message = results.get(timeout=QUEUE_POLL)
@@ -320,10 +318,8 @@ def build_report(
     sent, received, lost, unsent = (agg.total(key) for key in ("sent", "received", "lost", "unsent"))
     errors, failures = agg.kinds("errors"), agg.kinds("failures")
     last_reply = max((int(c.get("last_reply_ns", 0)) for c in agg.counters), default=0)
-    if scenario.kind == "hold" or last_reply <= t0:
-        elapsed = config.duration
-    else:
-        elapsed = (last_reply - t0) / 1e9
+    # Throughput runs to the last reply; a hold run (or one with no replies) lasted its duration.
+    elapsed = config.duration if scenario.kind == "hold" or last_reply <= t0 else (last_reply - t0) / 1e9
     commands = [label for label in agg.labels if label != PROBE_LABEL]
     probe_connections = 1 if any(plan.probe for plan in plans) else 0
     report: dict[str, Any] = {
@@ -362,9 +358,7 @@ def build_report(
             "errors_by_kind": errors,
         },
         "elapsed_s": round(elapsed, 3),
-        "throughput_rps": round(agg.merged(agg.totals).get_total_count() / elapsed, 1)
-        if elapsed > 0
-        else 0.0,
+        "throughput_rps": round(agg.merged(agg.totals).get_total_count() / elapsed, 1) if elapsed > 0 else 0.0,
         "latency_ms": histogram.summarize(agg.merged(agg.totals)),
         "by_command": {
             label: histogram.summarize(hist)

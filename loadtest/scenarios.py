@@ -200,6 +200,4 @@ def parse_scenario(
     if kind == "responsiveness":
         defaults["primes"] = RESPONSIVENESS_WORK
     works = {command: (work if work is not None else defaults[command]) for command in CPU_COMMANDS}
-    return Scenario(
-        name=name, kind=kind, weights=weights, size=size, work=works, keyspace=keyspace, seed=seed
-    )
+    return Scenario(name=name, kind=kind, weights=weights, size=size, work=works, keyspace=keyspace, seed=seed)
