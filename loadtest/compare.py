@@ -1,9 +1,11 @@
 """``crossdock compare``: the same scenario against every server mode, side by side, as a report.
 
-For each target (the four crossdock modes, and redis-server with
-``--baseline redis``) it starts the server itself on a free loopback port,
-runs the scenario at each ``--connections`` count with the ordinary load
-generator, stops the server, and writes into ``--out``:
+It starts every target itself (the four crossdock modes, and redis-server
+with ``--baseline redis``), each on a free loopback port, then runs the
+scenario at each ``--connections`` count against each target in turn with the
+ordinary load generator, ``--repeat`` rounds, and reports each figure's
+median. Interleaving the targets spreads any drift on the machine over all
+of them. It writes into ``--out``:
 
 * ``compare.json`` - every run's full report, the machine and the pinning;
 * ``compare.md`` - one markdown table row per (target, connections);
@@ -23,6 +25,7 @@ Exit status: 0 if every run was clean, 1 if any saw errors, 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -286,35 +289,39 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"crossdock compare: {note}", file=sys.stderr)
 
-    rows: list[dict[str, Any]] = []
+    points: dict[tuple[str, int], list[dict[str, Any]]] = {(t, c): [] for t in targets for c in counts}
     reports: list[dict[str, Any]] = []
-    for target in targets:
-        with _start(target, workers, server_cpus) as server:
+    with contextlib.ExitStack() as stack:
+        # Every server runs for the whole comparison (idle ones cost nothing), and the targets take
+        # turns point by point, round by round: drift on the machine (other work, thermal limits)
+        # then spreads over all targets instead of landing on whichever ran last.
+        servers = {target: stack.enter_context(_start(target, workers, server_cpus)) for target in targets}
+        for round_number in range(1, args.repeat + 1):
             for count in counts:
-                config = LoadConfig(
-                    scenario=scenario,
-                    port=server.port,
-                    connections=count,
-                    processes=min(processes, count),
-                    pipeline=args.pipeline,
-                    rate=args.rate,
-                    duration=args.duration,
-                    probe_rate=args.probe_rate,
-                    cpus=generator_cpus,
-                )
-                point: list[dict[str, Any]] = []
-                for _ in range(args.repeat):
+                for target in targets:
+                    config = LoadConfig(
+                        scenario=scenario,
+                        port=servers[target].port,
+                        connections=count,
+                        processes=min(processes, count),
+                        pipeline=args.pipeline,
+                        rate=args.rate,
+                        duration=args.duration,
+                        probe_rate=args.probe_rate,
+                        cpus=generator_cpus,
+                    )
                     report = run_loadtest(config)
                     report.pop("timeline", None)
-                    point.append(_row(target, count, report))
-                    reports.append({"target": target, "connections": count, "report": report})
-                row = median_row(point)
-                rows.append(row)
-                print(
-                    f"  {target:16} {count:6} connections: {row['throughput_rps']:>10,.0f}/s "
-                    f"p99 {row['p99_ms']:.3f} ms" + ("" if row["ok"] else "  PROBLEMS (see compare.json)"),
-                    file=sys.stderr,
-                )
+                    row = _row(target, count, report)
+                    points[(target, count)].append(row)
+                    reports.append({"target": target, "connections": count, "round": round_number, "report": report})
+                    print(
+                        f"  round {round_number} {target:16} {count:6} connections: "
+                        f"{row['throughput_rps']:>10,.0f}/s p99 {row['p99_ms']:.3f} ms"
+                        + ("" if row["ok"] else f"  PROBLEMS {report['problems']}"),
+                        file=sys.stderr,
+                    )
+    rows = [median_row(points[(target, count)]) for target in targets for count in counts]
     when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     command = "crossdock compare " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "crossdock compare"
     document = {
