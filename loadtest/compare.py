@@ -174,6 +174,14 @@ def median_row(point: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         values = [run[key] for run in point if isinstance(run.get(key), int | float)]
         row[key] = statistics.median(values) if values else value
+    for key in ("throughput_rps", "probe_p99_ms", "bytes_per_connection", "connections_per_s"):
+        values = [run[key] for run in point if isinstance(run.get(key), int | float)]
+        if len(values) > 1:  # the spread over the runs, so a reader can judge the noise
+            row[f"{key}_range"] = (
+                f"{min(values):,.0f}-{max(values):,.0f}"
+                if max(values) >= 100
+                else (f"{min(values):.2f}-{max(values):.2f}")
+            )
     row["errors"] = sum(run["errors"] for run in point)
     row["ok"] = all(run["ok"] for run in point)
     row["runs"] = len(point)
@@ -184,16 +192,21 @@ def markdown_table(rows: list[dict[str, Any]], kind: str) -> str:
     """One markdown table of the points, with the columns the scenario kind needs."""
     columns = [("target", "target"), ("connections", "connections")]
     if kind == "hold":
-        columns += [("bytes_per_connection", "server bytes per idle connection")]
+        columns += [
+            ("bytes_per_connection", "server bytes per idle connection"),
+            ("bytes_per_connection_range", "range"),
+        ]
     elif kind == "storm":
         columns += [
             ("connections_per_s", "connections/s"),
+            ("connections_per_s_range", "range"),
             ("p50_ms", "cycle p50 ms"),
             ("p99_ms", "cycle p99 ms"),
         ]
     else:
         columns += [
             ("throughput_rps", "replies/s"),
+            ("throughput_rps_range", "range"),
             ("p50_ms", "p50 ms"),
             ("p99_ms", "p99 ms"),
             ("p999_ms", "p99.9 ms"),
@@ -202,6 +215,7 @@ def markdown_table(rows: list[dict[str, Any]], kind: str) -> str:
         columns += [
             ("probe_p50_ms", "probe p50 ms"),
             ("probe_p99_ms", "probe p99 ms"),
+            ("probe_p99_ms_range", "range"),
             ("probe_max_ms", "probe max ms"),
         ]
     columns += [("errors", "errors")]
