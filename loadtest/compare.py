@@ -238,6 +238,7 @@ def plot(rows: list[dict[str, Any]], kind: str, out: Path, title: str) -> list[s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     charts: list[tuple[str, str, str]] = []  # (file, row key, y label)
     if kind == "hold":
@@ -259,6 +260,10 @@ def plot(rows: list[dict[str, Any]], kind: str, out: Path, title: str) -> list[s
             if points:
                 axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=target)
         axes.set_xscale("log")
+        counts = sorted({row["connections"] for row in rows})
+        axes.set_xticks(counts)
+        axes.xaxis.set_major_formatter(ticker.ScalarFormatter())
+        axes.xaxis.set_minor_formatter(ticker.NullFormatter())
         if key.endswith("_ms"):
             axes.set_yscale("log")
         axes.set_xlabel("connections")
