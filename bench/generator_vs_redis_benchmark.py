@@ -33,19 +33,11 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def redis_benchmark(port: int, connections: int, requests: int, cpus: list[int]) -> float:
+def redis_benchmark(port: int, connections: int, requests: int, cpus: list[int], pipeline: int) -> float:
     command = [
-        "redis-benchmark",
-        "-p",
-        str(port),
-        "-c",
-        str(connections),
-        "-n",
-        str(requests),
-        "-t",
-        "ping_mbulk",
-        "-q",
-    ]
+        "redis-benchmark", "-p", str(port), "-c", str(connections), "-n", str(requests),
+        "-t", "ping_mbulk", "-q", "-P", str(pipeline),
+    ]  # fmt: skip
     if cpus:
         command = ["taskset", "-c", ",".join(map(str, cpus)), *command]
     out = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT).stdout
@@ -55,10 +47,13 @@ def redis_benchmark(port: int, connections: int, requests: int, cpus: list[int])
     return float(match.group(1))
 
 
-def crossdock_loadtest(port: int, connections: int, requests: int, cpus: list[int], processes: int) -> float:
+def crossdock_loadtest(
+    port: int, connections: int, requests: int, cpus: list[int], processes: int, pipeline: int
+) -> float:
     command = [
         sys.executable, "-m", "server", "loadtest", "-p", str(port), "-c", str(connections),
         "-P", str(processes), "-n", str(requests), "--scenario", "ping", "--quiet", "--json", "-",
+        "--pipeline", str(pipeline),
     ]  # fmt: skip
     if cpus:
         command += ["--cpus", ",".join(map(str, cpus))]
@@ -75,6 +70,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--pipeline", type=int, default=1)
     args = parser.parse_args()
     usable = sorted(os.sched_getaffinity(0))
     server_cpus, tool_cpus = (usable[:1], usable[1:2]) if len(usable) >= 2 else ([], [])
@@ -82,9 +78,11 @@ def main() -> int:
     with start_redis(server_cpus) as server:
         for _ in range(args.rounds):
             before = children_cpu()
-            theirs = redis_benchmark(server.port, args.connections, args.requests, tool_cpus)
+            theirs = redis_benchmark(server.port, args.connections, args.requests, tool_cpus, args.pipeline)
             middle = children_cpu()
-            ours = crossdock_loadtest(server.port, args.connections, args.requests, tool_cpus, args.processes)
+            ours = crossdock_loadtest(
+                server.port, args.connections, args.requests, tool_cpus, args.processes, args.pipeline
+            )
             after = children_cpu()
             rounds.append(
                 {
@@ -104,6 +102,7 @@ def main() -> int:
         "connections": args.connections,
         "requests_per_run": args.requests,
         "generator_processes": args.processes,
+        "pipeline": args.pipeline,
         "redis_server_cpus": server_cpus,
         "tool_cpus": tool_cpus,
         "redis_benchmark": subprocess.run(
