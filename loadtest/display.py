@@ -99,9 +99,11 @@ def _latency_row(name: str, summary: dict[str, Any]) -> list[str]:
 def final_table(report: dict[str, Any]) -> Table:
     """The end-of-run table: settings, counts, throughput, latency per command, special figures."""
     load, requests, conns = report["load"], report["requests"], report["connections"]
-    title = f"{report['scenario']['name']}: {load['connections']} connections, {load['processes']} processes, " + (
+    processes = "1 process" if load["processes"] == 1 else f"{load['processes']} processes"
+    model = (
         f"open loop at {load['rate']:g}/s" if load["model"] == "open" else f"closed loop, pipeline {load['pipeline']}"
     )
+    title = f"{report['scenario']['name']}: {load['connections']} connections, {processes}, {model}"
     summary = Table(title=title, show_header=False)
     summary.add_column("what")
     summary.add_column("value", justify="right")

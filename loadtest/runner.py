@@ -277,6 +277,9 @@ class _Reporter:
         )
         agg = self.aggregate
         received = agg.total("received")
+        if force:  # the tail after the last tick: rate over the time replies actually arrived in
+            last_reply = max((int(c.get("last_reply_ns", 0)) for c in agg.counters), default=0)
+            now = max(min(now, last_reply), self.last_at + 1)
         seconds = max(1e-9, (now - self.last_at) / 1e9)
         interval = histogram.summarize(agg.merged(agg.interval))
         snapshot: dict[str, Any] = {
