@@ -12,7 +12,7 @@ import ipaddress
 import os
 import resource
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from loadtest.scenarios import Scenario
@@ -80,7 +80,6 @@ class LoadConfig:
     cpus: tuple[int, ...] = ()
     allow_remote_host: bool = False
     connect_timeout: float = 10.0
-    extra: dict[str, object] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Check every bound. Error handling: raises ValueError with a command-line message."""

@@ -375,7 +375,6 @@ class Worker:
         self.tallies: list[histogram.Tally] = [{} for _ in self.labels]
         self.histograms = [histogram.new_histogram() for _ in self.labels]
         self.sending = False
-        self.draining = False
         self.remaining = plan.requests if plan.requests is not None else UNLIMITED
         self.sent = 0
         self.received = 0
@@ -512,7 +511,6 @@ class Worker:
         went = await loop.run_in_executor(None, go.wait, GO_TIMEOUT)
         if went and not stop.is_set():
             await self._run(stop, start_ns.value, driver)
-        self.draining = True
         await self._drain()
         self.queue.put(("done", plan.index, self.counters(), self.interval_histograms()))
         for conn in (*self.conns, *self.probe_conns):
