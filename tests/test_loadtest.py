@@ -8,6 +8,7 @@ with the histograms, the special figures are present), never about speed.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -158,10 +159,13 @@ def test_error_replies_fail_the_run(pool_server: RunningServer) -> None:
 
 
 def test_connection_failures_fail_the_run() -> None:
-    with start_crossdock("async", "pool", 1) as server:
-        port = server.port
-    config = LoadConfig(scenario=parse_scenario("ping"), port=port, connections=3, processes=1, duration=0.5)
-    report = run_loadtest(config)
+    # A bound socket that never listens holds the port, so connecting is refused and no other
+    # process can start listening there during the test.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        config = LoadConfig(scenario=parse_scenario("ping"), port=port, connections=3, processes=1, duration=0.5)
+        report = run_loadtest(config)
     assert not report["ok"]
     assert report["connections"]["failures"] == {"ECONNREFUSED": 3}
 
@@ -251,9 +255,7 @@ def test_open_loop_timetables_interleave_across_processes() -> None:
     """Each process's timetable is rate/P with a phase of index/rate: together, exactly the full rate."""
     scenario = parse_scenario("ping")
     rate, processes = 1000.0, 4
-    plans = plan_workers(
-        LoadConfig(scenario=scenario, connections=8, processes=processes, rate=rate, requests=400)
-    )
+    plans = plan_workers(LoadConfig(scenario=scenario, connections=8, processes=processes, rate=rate, requests=400))
     assert [plan.requests for plan in plans] == [100] * 4
     times = sorted(
         plan.phase_ns + int(k * 1e9 / plan.rate)  # the same arithmetic as OpenLoop.due_at
