@@ -9,6 +9,7 @@ cross-check at the end of this file repeats that when redis-server is installed.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.protocol import ProtocolError, RequestParser, _hiredis_fast, encode_command, encode_error
+from server.protocol import (
+    NOT_ENOUGH_DATA,
+    ErrorReply,
+    ProtocolError,
+    ReplyParser,
+    RequestParser,
+    _hiredis_fast,
+    encode_command,
+    encode_error,
+)
 from server.protocol.limits import (
     MAX_BULK_LENGTH,
     MAX_INLINE_SIZE,
@@ -626,3 +636,55 @@ def test_errors_match_live_redis(redis_socket: str, data: bytes, message: str) -
         pytest.skip("crossdock limit below Redis's")
     reply = redis_reply_bytes(redis_socket, data)
     assert reply.endswith(encode_error(message))
+
+
+def _eval_request(rng: random.Random) -> bytes:
+    """An ``EVAL "return ARGV" 0 ...`` request (Redis answers with the arguments it parsed)."""
+    args = [bytes(rng.choice(b"ab \r\n\"'\\x0\t") for _ in range(rng.randint(0, 4))) for _ in range(rng.randint(0, 3))]
+    if rng.random() < 0.3:
+        quoted = [b'"' + b"".join(b"\\x%02x" % c for c in arg) + b'"' for arg in args]
+        return b" ".join([b'EVAL "return ARGV" 0', *quoted]) + rng.choice([b"\n", b"\r\n"])
+    return encode_command(b"EVAL", b"return ARGV", b"0", *args)
+
+
+def _mutate(rng: random.Random, data: bytes) -> bytes:
+    alphabet = b"*$\r\n0123456789-+ \"'\\x\x00abEVAL"
+    out = bytearray(data)
+    for _ in range(rng.randint(0, 3)):
+        i = rng.randint(0, len(out))
+        roll = rng.random()
+        if roll < 0.4 and out:
+            out[min(i, len(out) - 1)] = rng.choice(alphabet)
+        elif roll < 0.7:
+            out[i:i] = bytes([rng.choice(alphabet)])
+        elif out:
+            del out[min(i, len(out) - 1)]
+    return bytes(out)
+
+
+def test_random_streams_match_live_redis(redis_socket: str) -> None:
+    """Differential check: mutated request streams, replies compared with what our parse implies.
+
+    An EVAL "return ARGV" request must be answered with exactly the arguments
+    we parsed; any other request with one reply (we do not model it); a
+    protocol error with the same error line, last.
+    """
+    rng = random.Random(20260522)
+    for _ in range(150):
+        data = _mutate(rng, b"".join(_eval_request(rng) for _ in range(rng.randint(1, 3))))
+        requests, error = run(data)
+        expected: list[object] = []
+        for request in requests:
+            is_argv = len(request) >= 3 and request[0].upper() == b"EVAL" and request[1:3] == [b"return ARGV", b"0"]
+            expected.append(request[3:] if is_argv else None)
+        if error is not None:
+            expected.append(ErrorReply(encode_error(error)[1:-2].decode()))
+        reader = ReplyParser(use_hiredis=False)
+        reader.feed(redis_reply_bytes(redis_socket, data))
+        replies = []
+        while (reply := reader.next_reply()) is not NOT_ENOUGH_DATA:
+            replies.append(reply)
+        assert len(replies) == len(expected), data
+        for want, got in zip(expected, replies, strict=True):
+            if want is not None:
+                assert got == want, data

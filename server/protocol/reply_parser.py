@@ -29,14 +29,14 @@ bytes at the parser's position. A status *nested* in an array (MULTI/EXEC
 results), a ``*-1``, or any lossy decode therefore fails the proof and is
 parsed by the pure code, so both paths give identical values and types for
 every input. Measured with ``python -m server.protocol._bench`` (best of 5,
-shared 2-vCPU container, about 25 % run-to-run noise)::
+2-vCPU build container when otherwise idle, about 5 % between runs)::
 
     replies per second                                 pure     hiredis path
-    100k "+OK", 64 KiB feeds                         1 840 k    2 880 k
-    10k arrays of 10 bulk strings, 64 KiB feeds        116 k      490 k
-    100k "$5 value", 64 KiB feeds                    1 080 k    1 060 k (a wash)
-    10k 1 kB bulk strings, 64 KiB feeds                980 k    = pure (values above BIG_ELEMENT)
-    one "+OK" per feed                               1 280 k    = pure (below HIREDIS_MIN_REGION)
+    100k "+OK", 64 KiB feeds                         1 744 k    2 768 k
+    10k arrays of 10 bulk strings, 64 KiB feeds        116 k      457 k
+    100k "$5 value", 64 KiB feeds                    1 051 k    1 060 k (a wash)
+    10k 1 kB bulk strings, 64 KiB feeds                967 k    = pure (values above BIG_ELEMENT)
+    one "+OK" per feed                               1 314 k    = pure (below HIREDIS_MIN_REGION)
 
 so hiredis is used for regions of :data:`HIREDIS_MIN_REGION` bytes or more
 and stops at the first large value.

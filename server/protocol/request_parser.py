@@ -37,24 +37,24 @@ it is installed, proved byte for byte (see :mod:`server.protocol._hiredis_fast`)
 inline commands, small feeds, partial tails, odd framing and every error go
 through the pure-Python code, which stays complete on its own
 (``use_hiredis=False``). ``python -m server.protocol._bench``, best of 5, on
-the shared 2-vCPU build container (Python 3.11.7, hiredis 3.5.0; figures move
-by about 25 % between runs there)::
+the 2-vCPU build container when otherwise idle (Python 3.11.7, hiredis 3.5.0;
+about 5 % between runs)::
 
     requests per second                                  pure     hiredis path
-    100k "*3 SET key value", 64 KiB feeds, parse_all     435 k    1 200 k
-    same, one next_request() call per request            395 k      895 k
-    4 such requests (132 bytes) per feed                 390 k      515 k
-    one request per feed                                 335 k    = pure (below HIREDIS_MIN_REGION)
-    100k inline "SET key value", 64 KiB feeds          1 290 k    = pure (inline is never hiredis)
-    10k SETs of 5 kB values, 64 KiB feeds                344 k    = pure (values above BIG_ELEMENT)
+    100k "*3 SET key value", 64 KiB feeds, parse_all     443 k    1 190 k
+    same, one next_request() call per request            396 k      894 k
+    4 such requests (132 bytes) per feed                 396 k      515 k
+    one request per feed                                 339 k    = pure (below HIREDIS_MIN_REGION)
+    100k inline "SET key value", 64 KiB feeds          1 317 k    = pure (inline is never hiredis)
+    10k SETs of 5 kB values, 64 KiB feeds                336 k    = pure (values above BIG_ELEMENT)
 
 hiredis wins from about three small requests per feed, hence
 :data:`HIREDIS_MIN_REGION`; for large values (more than
 :data:`~server.protocol._hiredis_fast.BIG_ELEMENT` bytes per element) and
 requests still arriving the pure parser, which only slices, is as fast or
 faster, so those skip hiredis. For scale, redis-server 7.0.15 itself serves
-~1.3 M SET/s on the same machine under ``redis-benchmark -t set -P 64``
-(parse *and* execute, in C, over loopback).
+2.3 M SET/s on the same machine under ``redis-benchmark -t set -P 64`` (parse
+*and* execute, in C, over loopback), 157 k/s with ``-c 50`` and no pipelining.
 
 Error handling: every malformed input raises :class:`ProtocolError` whose
 ``message`` is Redis's reply text; the error is sticky (every later call
