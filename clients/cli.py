@@ -49,7 +49,7 @@ from clients.errors import (
     ConnectionLostError,
     ReplyError,
 )
-from server.protocol._redis_text import split_args as _split_inline
+from server.protocol import split_args as _split_inline
 
 #: Environment variable naming the history file; ``/dev/null`` turns history off (as REDISCLI_HISTFILE).
 HISTORY_FILE_ENV: Final = "CROSSDOCK_HISTFILE"

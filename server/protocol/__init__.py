@@ -19,6 +19,7 @@ Replies (clients)::
         ...                          # bytes, int, SimpleString, ErrorReply, None, list
 """
 
+from server.protocol._redis_text import split_args
 from server.protocol.errors import ProtocolError
 from server.protocol.reply import (
     NULL_ARRAY,
@@ -54,4 +55,5 @@ __all__ = [
     "encode_error",
     "encode_integer",
     "encode_reply",
+    "split_args",
 ]
