@@ -32,7 +32,7 @@ from server.limits import (
     READ_CHUNK_SIZE,
     WRITE_BUFFER_HIGH_WATER,
 )
-from server.pool import ERROR_TAG, BrokenProcessPool, CpuPool, run_cpu
+from server.pool import ERROR_TAG, BrokenProcessPool, CpuPool, run_cpu, start_pool
 from server.protocol import ProtocolError, RequestParser, encode_error, encode_reply
 from server.state import ClientState, ServerState, format_address
 
@@ -255,7 +255,7 @@ class AsyncServer:
         """Start the pool (pre-warmed) and begin accepting. Logs ``started`` with the bound port."""
         config = self.config
         if config.cpu == "pool":
-            self.pool = await asyncio.to_thread(_start_pool, config)
+            self.pool = await asyncio.to_thread(start_pool, config)
             self.state.pool_size = config.workers
             self.state.pool = self.pool
         else:
@@ -383,19 +383,6 @@ class AsyncServer:
     def _replace_pool(self, broken: ProcessPoolExecutor) -> None:
         assert self.pool is not None
         self.pool.replace_broken(broken)
-
-
-def _start_pool(config: Config) -> CpuPool:
-    pool = CpuPool(
-        config.workers,
-        start_method=config.start_method,
-        log_format="json" if config.log_format == "auto" else config.log_format,
-        log_level=config.log_level,
-        modules=config.modules,
-    )
-    pids = pool.prewarm()
-    log.info("pool_ready", workers=config.workers, start_method=config.start_method, pids=sorted(pids))
-    return pool
 
 
 def install_signal_handlers(loop: asyncio.AbstractEventLoop, on_first: Callable[[], None]) -> None:

@@ -22,11 +22,14 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from server.commands.registry import CommandError
+
+if TYPE_CHECKING:
+    from server.config import Config
 
 log = structlog.get_logger("crossdock.pool")
 
@@ -138,4 +141,18 @@ class CpuPool:
         self.executor.shutdown(wait=wait, cancel_futures=True)
 
 
-__all__ = ["ERROR_TAG", "OK_TAG", "BrokenProcessPool", "CpuPool", "run_cpu"]
+def start_pool(config: Config) -> CpuPool:
+    """Create the pool the configuration asks for, pre-warm it and log its worker pids."""
+    pool = CpuPool(
+        config.workers,
+        start_method=config.start_method,
+        log_format="json" if config.log_format == "auto" else config.log_format,
+        log_level=config.log_level,
+        modules=config.modules,
+    )
+    pids = pool.prewarm()
+    log.info("pool_ready", workers=config.workers, start_method=config.start_method, pids=sorted(pids))
+    return pool
+
+
+__all__ = ["ERROR_TAG", "OK_TAG", "BrokenProcessPool", "CpuPool", "run_cpu", "start_pool"]

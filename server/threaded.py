@@ -24,7 +24,7 @@ from server.aio import cpu_result_to_bytes
 from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep, registry
 from server.config import Config
 from server.limits import EXPIRE_SWEEP_INTERVAL, LISTEN_BACKLOG, READ_CHUNK_SIZE
-from server.pool import BrokenProcessPool, CpuPool, run_cpu
+from server.pool import BrokenProcessPool, CpuPool, run_cpu, start_pool
 from server.protocol import ProtocolError, RequestParser, encode_error, encode_reply
 from server.state import ServerState, format_address
 
@@ -71,9 +71,7 @@ class ThreadedServer:
     def start(self) -> None:
         config = self.config
         if config.cpu == "pool":
-            from server.aio import _start_pool
-
-            self.pool = _start_pool(config)
+            self.pool = start_pool(config)
             self.state.pool_size = config.workers
             self.state.pool = self.pool
         self._tcp = _TCPServer((config.host, config.port), self)
