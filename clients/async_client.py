@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Final, cast
 
@@ -321,7 +322,12 @@ class AsyncClient:
 
     def pipeline(self, *, timeout: TimeoutArg = DEFAULT) -> AsyncPipeline:
         """A batch of commands written at once; see :class:`AsyncPipeline`."""
-        return AsyncPipeline(self, resolve_timeout(timeout, self.timeout))
+        resolved = resolve_timeout(timeout, self.timeout)
+
+        async def this_connection() -> tuple[AsyncClient, float | None]:
+            return self, resolved
+
+        return AsyncPipeline(this_connection)
 
     def _ready_protocol(self) -> _ReplyProtocol:
         protocol = self._protocol
@@ -397,15 +403,19 @@ class AsyncPipeline:
     sending explicitly and returns the results. Other tasks' commands on the
     same client may be written before or after the batch, never inside it.
 
+    ``pick_connection`` is awaited at flush time and names the client the
+    batch goes out on and its timeout: the client itself for
+    :meth:`AsyncClient.pipeline`, the least busy connection for
+    :meth:`clients.pool.AsyncClientPool.pipeline`.
+
     Error handling: :class:`~clients.errors.ClientTimeoutError` if the whole
     batch is not answered within ``timeout``,
     :class:`~clients.errors.ConnectionLostError` if the connection breaks;
     ``results`` is then empty, and replies still owed are dropped.
     """
 
-    def __init__(self, client: AsyncClient, timeout: float | None) -> None:
-        self._client = client
-        self._timeout = timeout
+    def __init__(self, pick_connection: Callable[[], Awaitable[tuple[AsyncClient, float | None]]]) -> None:
+        self._pick_connection = pick_connection
         self._queued: list[bytes] = []
         self.results: list[Any] = []
 
@@ -426,7 +436,8 @@ class AsyncPipeline:
         queued, self._queued = self._queued, []
         self.results = []
         if queued:
-            replies = await self._client._send_many(b"".join(queued), len(queued), self._timeout)
+            client, timeout = await self._pick_connection()
+            replies = await client._send_many(b"".join(queued), len(queued), timeout)
             self.results = [as_result(reply) for reply in replies]
         return self.results
 

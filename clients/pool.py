@@ -27,10 +27,9 @@ import itertools
 from types import TracebackType
 from typing import Any, Final
 
-from clients._core import DEFAULT, DEFAULT_HOST, DEFAULT_PORT, TimeoutArg, as_result, resolve_timeout
-from clients.async_client import AsyncClient
+from clients._core import DEFAULT, DEFAULT_HOST, DEFAULT_PORT, TimeoutArg, resolve_timeout
+from clients.async_client import AsyncClient, AsyncPipeline
 from clients.errors import ConnectionLostError
-from server.protocol import encode_command
 
 #: Connections when not told otherwise: enough that a few slow commands do
 #: not stall everything behind them, few enough that a pool per load
@@ -127,9 +126,14 @@ class AsyncClientPool:
         client = await self.acquire()
         return await client.execute(*args, timeout=timeout)
 
-    def pipeline(self, *, timeout: TimeoutArg = DEFAULT) -> _PoolPipeline:
+    def pipeline(self, *, timeout: TimeoutArg = DEFAULT) -> AsyncPipeline:
         """A pipeline sent on one connection, the least busy one at the time it is flushed."""
-        return _PoolPipeline(self, timeout)
+
+        async def least_busy() -> tuple[AsyncClient, float | None]:
+            client = await self.acquire()
+            return client, resolve_timeout(timeout, client.timeout)
+
+        return AsyncPipeline(least_busy)
 
     async def acquire(self) -> AsyncClient:
         """The least busy usable connection, for a caller that wants several calls on the same one.
@@ -186,46 +190,6 @@ def _consume_exception(task: asyncio.Task[Any]) -> None:
     """A failed background reconnect is reported to the caller waiting on it, if any; never logged twice."""
     if not task.cancelled():
         task.exception()
-
-
-class _PoolPipeline:
-    """Like :class:`~clients.async_client.AsyncPipeline`, on the least busy connection when flushed."""
-
-    def __init__(self, pool: AsyncClientPool, timeout: TimeoutArg) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._queued: list[bytes] = []
-        self.results: list[Any] = []
-
-    def execute(self, *args: object) -> int:
-        """Queue a command; return its index in :attr:`results` (TypeError at once for a bad argument)."""
-        self._queued.append(encode_command(*args))
-        return len(self._queued) - 1
-
-    def __len__(self) -> int:
-        return len(self._queued)
-
-    async def flush(self) -> list[Any]:
-        """Send the queued commands on one connection and return the results."""
-        queued, self._queued = self._queued, []
-        self.results = []
-        if queued:
-            client = await self._pool.acquire()
-            timeout = resolve_timeout(self._timeout, client.timeout)
-            replies = await client._send_many(b"".join(queued), len(queued), timeout)
-            self.results = [as_result(reply) for reply in replies]
-        return self.results
-
-    async def __aenter__(self) -> _PoolPipeline:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            await self.flush()
-        else:
-            self._queued = []
 
 
 __all__ = ["DEFAULT_POOL_SIZE", "MAX_POOL_SIZE", "AsyncClientPool"]

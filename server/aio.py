@@ -18,7 +18,6 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import structlog
@@ -32,25 +31,13 @@ from server.limits import (
     READ_CHUNK_SIZE,
     WRITE_BUFFER_HIGH_WATER,
 )
-from server.pool import ERROR_TAG, BrokenProcessPool, CpuPool, run_cpu, start_pool
-from server.protocol import ProtocolError, RequestParser, encode_error, encode_reply
+from server.pool import BrokenProcessPool, CpuPool, cpu_failure_reply, cpu_reply, run_cpu, start_pool
+from server.protocol import RequestParser, encode_error, encode_reply
 from server.state import ClientState, ServerState, format_address
 
 log = structlog.get_logger("crossdock.aio")
 
-_WORKER_DIED = "ERR cpu worker died while running this request; the pool has been replaced"
 _SHUTTING_DOWN = "ERR server is shutting down"
-
-
-def cpu_result_to_bytes(tagged: tuple[int, Any]) -> bytes:
-    """Encode a worker's ``(tag, value)`` outcome as reply bytes."""
-    tag, value = tagged
-    if tag == ERROR_TAG:
-        return encode_error(value)
-    try:
-        return encode_reply(value)
-    except TypeError:
-        return encode_error("ERR cpu command returned a value that cannot be sent")
 
 
 class Connection:
@@ -93,7 +80,6 @@ class Connection:
         """
         structlog.contextvars.bind_contextvars(client_id=self.client.id, peer=self.client.addr)
         log.debug("connection_open")
-        stats = self.server.state.stats
         dispatcher = self.server.dispatcher
         parser = self.parser
         client = self.client
@@ -103,25 +89,11 @@ class Connection:
                 data = await self.reader.read(READ_CHUNK_SIZE)
                 if not data:
                     break
-                stats.total_net_input_bytes += len(data)
-                client.last_interaction = time.monotonic()
-                parser.feed(data)
-                try:
-                    while (args := parser.next_request()) is not None:
-                        result = dispatcher.execute(ctx, args)
-                        if isinstance(result, bytes):
-                            if self._pending:
-                                self._pending.append(result)
-                            else:
-                                self._out.append(result)
-                        else:
-                            self._start_action(result)
-                        if client.close_requested:
-                            break
-                except ProtocolError as exc:
-                    log.debug("protocol_error", error=exc.message)
-                    self._emit(encode_error(exc.message))
-                    client.close_requested = True
+                for result in dispatcher.run_chunk(ctx, parser, data):
+                    if isinstance(result, bytes):
+                        self._emit(result)
+                    else:
+                        self._start_action(result)
                 self._write_out()
                 if len(self._pending) >= MAX_PENDING_REPLIES_PER_CLIENT:
                     self._room.clear()
@@ -129,10 +101,8 @@ class Connection:
                 if self.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH_WATER:
                     await self.writer.drain()
             await self._finish_pending()
-        except (ConnectionError, BrokenPipeError):
+        except ConnectionError:
             pass
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.warning("connection_failed", exc_info=True)
         finally:
@@ -228,12 +198,8 @@ def _resolve(future: asyncio.Future[bytes], reply: bytes) -> None:
 
 
 def _future_reply(future: asyncio.Future[bytes]) -> bytes:
-    if future.cancelled():
-        return encode_error(_SHUTTING_DOWN)
-    exc = future.exception()
-    if exc is not None:
-        return encode_error(_WORKER_DIED if isinstance(exc, BrokenProcessPool) else f"ERR {type(exc).__name__}")
-    return future.result()
+    """A slot's reply: futures in the reply queue are only ever resolved with bytes, or cancelled at close."""
+    return encode_error(_SHUTTING_DOWN) if future.cancelled() else future.result()
 
 
 class AsyncServer:
@@ -339,50 +305,48 @@ class AsyncServer:
 
     # -- cpu commands ----------------------------------------------------------------------
     def run_cpu(self, action: RunCpu, client_id: int) -> asyncio.Future[bytes]:
-        """Run a cpu command (pool or inline) and return a future of its reply bytes."""
+        """Run a cpu command (pool or inline) and return a future of its reply bytes; it never fails.
+
+        Error handling: a worker that dies breaks the executor; the pool is
+        replaced and this request (and any other in flight on the broken
+        executor) is answered with an error reply. A request whose client has
+        gone away is dropped quietly when its result arrives.
+        """
         loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
-        result: asyncio.Future[bytes] = loop.create_future()
-        dispatcher = self.dispatcher
+        reply: asyncio.Future[bytes] = loop.create_future()
 
-        def finish(tagged: tuple[int, Any] | None, error: BaseException | None) -> None:
-            elapsed = time.perf_counter_ns() - started
-            if elapsed >= dispatcher.slow_threshold_ns:
-                dispatcher.note_slow(action.name, elapsed / 1e6, client_id)
-            if result.done():
-                return  # the connection went away; drop the result quietly
-            if error is not None:
-                result.set_result(encode_error(_WORKER_DIED if isinstance(error, BrokenProcessPool) else
-                                               f"ERR {type(error).__name__}: {error}"))
-            else:
-                assert tagged is not None
-                result.set_result(cpu_result_to_bytes(tagged))
+        def finish(data: bytes) -> None:
+            self.dispatcher.note_if_slow(action.name, started, client_id)
+            if not reply.done():
+                reply.set_result(data)
 
-        if self.pool is None:
-            finish(run_cpu(action.func, action.args), None)
-            return result
-        executor = self.pool.executor
+        pool = self.pool
+        if pool is None:
+            finish(cpu_reply(run_cpu(action.func, action.args)))
+            return reply
+        executor = pool.executor
         try:
             job = loop.run_in_executor(executor, run_cpu, action.func, action.args)
         except BrokenProcessPool as exc:
-            self._replace_pool(executor)
-            finish(None, exc)
-            return result
+            pool.replace_broken(executor)
+            finish(cpu_failure_reply(exc))
+            return reply
 
         def on_done(job_future: asyncio.Future[tuple[int, Any]]) -> None:
-            if job_future.cancelled():
+            if job_future.cancelled():  # its executor was shut down (replaced after a crash, or stopping)
+                finish(cpu_failure_reply(BrokenProcessPool()))
                 return
             error = job_future.exception()
+            if error is None:
+                finish(cpu_reply(job_future.result()))
+                return
             if isinstance(error, BrokenProcessPool):
-                self._replace_pool(executor)
-            finish(None if error else job_future.result(), error)
+                pool.replace_broken(executor)
+            finish(cpu_failure_reply(error))
 
         job.add_done_callback(on_done)
-        return result
-
-    def _replace_pool(self, broken: ProcessPoolExecutor) -> None:
-        assert self.pool is not None
-        self.pool.replace_broken(broken)
+        return reply
 
 
 def install_signal_handlers(loop: asyncio.AbstractEventLoop, on_first: Callable[[], None]) -> None:

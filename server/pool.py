@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from server.commands.registry import CommandError
+from server.protocol import encode_error, encode_reply
 
 if TYPE_CHECKING:
     from server.config import Config
@@ -141,6 +142,28 @@ class CpuPool:
         self.executor.shutdown(wait=wait, cancel_futures=True)
 
 
+#: Reply for a cpu request whose worker died (or whose executor was shut down) before it finished.
+WORKER_DIED = "ERR cpu worker died while running this request; the pool has been replaced"
+
+
+def cpu_reply(tagged: tuple[int, Any]) -> bytes:
+    """Encode a worker's ``(tag, value)`` outcome from :func:`run_cpu` as reply bytes."""
+    tag, value = tagged
+    if tag == ERROR_TAG:
+        return encode_error(value)
+    try:
+        return encode_reply(value)
+    except TypeError:
+        return encode_error("ERR cpu command returned a value that cannot be sent")
+
+
+def cpu_failure_reply(error: BaseException) -> bytes:
+    """The error reply for a cpu request that never produced an outcome (its worker or executor is gone)."""
+    if isinstance(error, BrokenProcessPool | concurrent.futures.CancelledError):
+        return encode_error(WORKER_DIED)
+    return encode_error(f"ERR {type(error).__name__}: {error}")
+
+
 def start_pool(config: Config) -> CpuPool:
     """Create the pool the configuration asks for, pre-warm it and log its worker pids."""
     pool = CpuPool(
@@ -155,4 +178,14 @@ def start_pool(config: Config) -> CpuPool:
     return pool
 
 
-__all__ = ["ERROR_TAG", "OK_TAG", "BrokenProcessPool", "CpuPool", "run_cpu", "start_pool"]
+__all__ = [
+    "ERROR_TAG",
+    "OK_TAG",
+    "WORKER_DIED",
+    "BrokenProcessPool",
+    "CpuPool",
+    "cpu_failure_reply",
+    "cpu_reply",
+    "run_cpu",
+    "start_pool",
+]

@@ -16,21 +16,19 @@ import socket
 import socketserver
 import threading
 import time
+from concurrent.futures import CancelledError
 from typing import Any
 
 import structlog
 
-from server.aio import cpu_result_to_bytes
 from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep, registry
 from server.config import Config
 from server.limits import EXPIRE_SWEEP_INTERVAL, LISTEN_BACKLOG, READ_CHUNK_SIZE
-from server.pool import BrokenProcessPool, CpuPool, run_cpu, start_pool
-from server.protocol import ProtocolError, RequestParser, encode_error, encode_reply
+from server.pool import BrokenProcessPool, CpuPool, cpu_failure_reply, cpu_reply, run_cpu, start_pool
+from server.protocol import RequestParser, encode_reply
 from server.state import ServerState, format_address
 
 log = structlog.get_logger("crossdock.threaded")
-
-_WORKER_DIED = "ERR cpu worker died while running this request; the pool has been replaced"
 
 
 class _TCPServer(socketserver.ThreadingTCPServer):
@@ -150,29 +148,18 @@ class ThreadedServer:
         parser = RequestParser(max_bulk_length=self.config.max_bulk_length)
         ctx = CommandContext(self.state, client, self.registry)
         dispatcher = self.dispatcher
-        stats = self.state.stats
         out: list[bytes] = []
         try:
             while not client.close_requested:
                 data = sock.recv(READ_CHUNK_SIZE)
                 if not data:
                     break
-                stats.total_net_input_bytes += len(data)
-                client.last_interaction = time.monotonic()
-                parser.feed(data)
-                try:
-                    while (args := parser.next_request()) is not None:
-                        result = dispatcher.execute(ctx, args)
-                        if isinstance(result, bytes):
-                            out.append(result)
-                        else:
-                            self._send(sock, out)  # earlier replies should not wait behind the slow one
-                            out.append(self._carry_out(result, client.id))
-                        if client.close_requested:
-                            break
-                except ProtocolError as exc:
-                    out.append(encode_error(exc.message))
-                    client.close_requested = True
+                for result in dispatcher.run_chunk(ctx, parser, data):
+                    if isinstance(result, bytes):
+                        out.append(result)
+                    else:
+                        self._send(sock, out)  # earlier replies should not wait behind the slow one
+                        out.append(self._carry_out(result, client.id))
                 self._send(sock, out)
         except OSError:
             pass
@@ -199,17 +186,15 @@ class ThreadedServer:
             return encode_reply(action.reply)
         started = time.perf_counter_ns()
         if self.pool is None:
-            reply = cpu_result_to_bytes(run_cpu(action.func, action.args))
+            reply = cpu_reply(run_cpu(action.func, action.args))
         else:
             executor = self.pool.executor
             try:
-                reply = cpu_result_to_bytes(executor.submit(run_cpu, action.func, action.args).result())
-            except BrokenProcessPool:
+                reply = cpu_reply(executor.submit(run_cpu, action.func, action.args).result())
+            except (BrokenProcessPool, CancelledError) as exc:
                 self.pool.replace_broken(executor)
-                reply = encode_error(_WORKER_DIED)
-        elapsed = time.perf_counter_ns() - started
-        if elapsed >= self.dispatcher.slow_threshold_ns:
-            self.dispatcher.note_slow(action.name, elapsed / 1e6, client_id)
+                reply = cpu_failure_reply(exc)
+        self.dispatcher.note_if_slow(action.name, started, client_id)
         return reply
 
 

@@ -12,6 +12,7 @@ import time
 
 from server.commands.actions import Sleep
 from server.commands.context import CommandContext
+from server.commands.keyspace import now_ms
 from server.commands.registry import CommandError, inline_command, parse_int
 from server.protocol.reply import NULL_BULK, OK, PONG, ErrorReply, RawReply, SimpleString
 
@@ -271,10 +272,6 @@ def config(ctx: CommandContext, args: list[bytes]) -> object:
 _KEYSPACE = {"group": "string", "key_spec": (1, 1, 1)}
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _expire_deadline(amount: int, unit_ms: int, command: str, now_ms: int, absolute: bool = False) -> int:
     """Turn an EX/PX/EXAT/PXAT amount into an absolute deadline, refusing what Redis refuses."""
     if amount <= 0 and command == "set":
@@ -319,7 +316,7 @@ def set_(ctx: CommandContext, args: list[bytes]) -> object:
             expire_option = option
             amount = parse_int(args[position + 1])
             unit = 1000 if option in (b"EX", b"EXAT") else 1
-            expire_at = _expire_deadline(amount, unit, "set", _now_ms(), absolute=option.endswith(b"AT"))
+            expire_at = _expire_deadline(amount, unit, "set", now_ms(), absolute=option.endswith(b"AT"))
             position += 1
         else:
             raise CommandError(_SYNTAX)
@@ -406,7 +403,7 @@ def _expire_condition(options: list[bytes]) -> str | None:
 def _expire(ctx: CommandContext, args: list[bytes], unit_ms: int, name: str) -> object:
     amount = parse_int(args[2])
     condition = _expire_condition(args[3:])
-    deadline = _expire_deadline(amount, unit_ms, name, _now_ms())
+    deadline = _expire_deadline(amount, unit_ms, name, now_ms())
     return int(ctx.server.keyspace.expire_at(args[1], deadline, condition))
 
 

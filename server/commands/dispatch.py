@@ -8,12 +8,14 @@ instruction that the front end carries out (wait, run on the cpu executor).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import structlog
 
 from server.commands.actions import Action, RunCpu, Sleep
-from server.commands.registry import Command, CommandError, Kind, Registry
+from server.commands.registry import CommandError, Kind, Registry
+from server.protocol import ProtocolError, RequestParser
 from server.protocol.reply import encode_error, encode_reply
 
 if TYPE_CHECKING:
@@ -87,9 +89,7 @@ class Dispatcher:
             stats.total_error_replies += 1
             log.warning("command_failed", command=command.name, client_id=client.id, exc_info=True)
             return encode_error(f"ERR internal error while running '{command.name}'")
-        elapsed = time.perf_counter_ns() - started
-        if elapsed >= self._slow_ns:
-            self.note_slow(command, elapsed / 1e6, client.id)
+        self.note_if_slow(command.name, started, client.id)
         if isinstance(result, Sleep):
             return result
         try:
@@ -98,12 +98,37 @@ class Dispatcher:
             log.warning("reply_not_encodable", command=command.name, exc_info=True)
             return encode_error(f"ERR internal error while running '{command.name}'")
 
-    def note_slow(self, command: Command | str, duration_ms: float, client_id: int) -> None:
+    def run_chunk(self, ctx: CommandContext, parser: RequestParser, data: bytes) -> Iterator[bytes | Action]:
+        """Feed one chunk read from the client; yield each request's reply bytes or action, in request order.
+
+        This is the per-chunk loop both front ends share: they only decide how
+        to write replies and carry out actions.
+
+        Error handling: a protocol error yields its Redis error reply last and
+        marks the client to be closed (Redis answers, then drops the
+        connection); QUIT also stops the chunk after its own reply.
+        """
+        client = ctx.client
+        self.server.stats.total_net_input_bytes += len(data)
+        client.last_interaction = time.monotonic()
+        parser.feed(data)
+        try:
+            while (args := parser.next_request()) is not None:
+                yield self.execute(ctx, args)
+                if client.close_requested:
+                    return
+        except ProtocolError as exc:
+            log.debug("protocol_error", error=exc.message)
+            client.close_requested = True
+            yield encode_error(exc.message)
+
+    def note_if_slow(self, name: str, started_ns: int, client_id: int) -> None:
+        """Log ``name`` as a slow command if it has taken the threshold or more since ``started_ns``."""
+        elapsed = time.perf_counter_ns() - started_ns
+        if elapsed >= self._slow_ns:
+            self.note_slow(name, elapsed / 1e6, client_id)
+
+    def note_slow(self, name: str, duration_ms: float, client_id: int) -> None:
         """Log a command that took at least the slow threshold, once per such execution."""
         self.server.stats.slow_commands += 1
-        name = command if isinstance(command, str) else command.name
         log.info("slow_command", command=name, duration_ms=round(duration_ms, 3), client_id=client_id)
-
-    @property
-    def slow_threshold_ns(self) -> int:
-        return self._slow_ns

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 
-from server.commands.registry import CommandError
+from server.commands.registry import CommandError, parse_int
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -28,7 +28,8 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 SWEEP_SAMPLE_SIZE = 200
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
+    """Unix time in milliseconds: the clock every expiry deadline is on."""
     return time.time_ns() // 1_000_000
 
 
@@ -54,7 +55,7 @@ class Keyspace:
     # -- commands ---------------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
         with self._lock:
-            if key in self._expires and not self._alive(key, _now_ms()):
+            if key in self._expires and not self._alive(key, now_ms()):
                 return None
             return self._data.get(key)
 
@@ -71,7 +72,7 @@ class Keyspace:
     ) -> tuple[bool, bytes | None]:
         """SET with its options; returns (whether the value was written, the old value if ``get_old``)."""
         with self._lock:
-            exists = self._alive(key, _now_ms())
+            exists = self._alive(key, now_ms())
             old = self._data.get(key) if get_old and exists else None
             if (only_if_missing and exists) or (only_if_present and not exists):
                 return False, old
@@ -84,7 +85,7 @@ class Keyspace:
 
     def delete(self, keys: Iterable[bytes]) -> int:
         with self._lock:
-            now = _now_ms()
+            now = now_ms()
             removed = 0
             for key in keys:
                 if self._alive(key, now):
@@ -95,21 +96,13 @@ class Keyspace:
 
     def exists(self, keys: Iterable[bytes]) -> int:
         with self._lock:
-            now = _now_ms()
+            now = now_ms()
             return sum(1 for key in keys if self._alive(key, now))
 
     def incr_by(self, key: bytes, delta: int) -> int:
         with self._lock:
-            current = self._data.get(key) if self._alive(key, _now_ms()) else None
-            if current is None:
-                value = 0
-            else:
-                try:
-                    if len(current) > 20 or current != str(int(current)).encode():
-                        raise ValueError
-                    value = int(current)
-                except ValueError:
-                    raise CommandError("ERR value is not an integer or out of range") from None
+            current = self._data.get(key) if self._alive(key, now_ms()) else None
+            value = 0 if current is None else parse_int(current)
             result = value + delta
             if not _INT64_MIN <= result <= _INT64_MAX:
                 raise CommandError("ERR increment or decrement would overflow")
@@ -119,7 +112,7 @@ class Keyspace:
     def expire_at(self, key: bytes, deadline_ms: int, condition: str | None = None) -> bool:
         """Set a key's deadline (EXPIRE/PEXPIRE). A deadline in the past deletes the key, as in Redis."""
         with self._lock:
-            now = _now_ms()
+            now = now_ms()
             if not self._alive(key, now):
                 return False
             current = self._expires.get(key)
@@ -141,7 +134,7 @@ class Keyspace:
     def ttl_ms(self, key: bytes) -> int:
         """Remaining time to live in ms; -2 when the key does not exist, -1 when it has no expiry."""
         with self._lock:
-            now = _now_ms()
+            now = now_ms()
             if not self._alive(key, now):
                 return -2
             deadline = self._expires.get(key)
@@ -168,7 +161,7 @@ class Keyspace:
         without scanning all of them at once.
         """
         with self._lock:
-            now = _now_ms()
+            now = now_ms()
             sampled = []
             for index, key in enumerate(self._expires):
                 if index >= sample_size:

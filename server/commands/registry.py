@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from server.protocol import string2ll
+
 if TYPE_CHECKING:
     from server.commands.context import CommandContext
 
@@ -183,8 +185,8 @@ def bounded_bytes(name: str, max_length: int) -> ArgConverter:
     return convert
 
 
-_INT_ERROR = "ERR value is not an integer or out of range"
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: Redis's reply for an argument (or a stored value) that is not a 64-bit integer.
+NOT_AN_INTEGER = "ERR value is not an integer or out of range"
 
 
 def parse_int(raw: bytes) -> int:
@@ -193,12 +195,7 @@ def parse_int(raw: bytes) -> int:
     Error handling: anything else raises :class:`CommandError` with Redis's
     ``ERR value is not an integer or out of range``.
     """
-    if not raw or len(raw) > 20:
-        raise CommandError(_INT_ERROR)
-    digits = raw[1:] if raw[:1] == b"-" else raw
-    if not digits.isdigit() or (digits[:1] == b"0" and len(digits) > 1) or raw == b"-0":
-        raise CommandError(_INT_ERROR)
-    value = int(raw)
-    if not _INT64_MIN <= value <= _INT64_MAX:
-        raise CommandError(_INT_ERROR)
+    value = string2ll(raw)
+    if value is None:
+        raise CommandError(NOT_AN_INTEGER)
     return value

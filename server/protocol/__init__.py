@@ -19,7 +19,7 @@ Replies (clients)::
         ...                          # bytes, int, SimpleString, ErrorReply, None, list
 """
 
-from server.protocol._redis_text import split_args
+from server.protocol._redis_text import split_args, string2ll
 from server.protocol.errors import ProtocolError
 from server.protocol.reply import (
     NULL_ARRAY,
@@ -56,4 +56,5 @@ __all__ = [
     "encode_integer",
     "encode_reply",
     "split_args",
+    "string2ll",
 ]
