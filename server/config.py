@@ -25,6 +25,33 @@ DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 #: Redis's slowlog-log-slower-than default is 10 ms: a command slower than this is logged once.
 DEFAULT_SLOWLOG_THRESHOLD_MS = 10.0
 
+#: Redis's maxclients default. The soft RLIMIT_NOFILE is raised to fit it at start-up (or it is lowered, with a
+#: warning, to what the hard limit allows).
+DEFAULT_MAXCLIENTS = 10_000
+
+#: Seconds a client may take from the first byte of a request to its last (slowloris guard). Loopback and LAN
+#: clients send a whole request, even a 16 MiB bulk, in well under a second; 10 s leaves room for slow links.
+DEFAULT_REQUEST_TIMEOUT = 10.0
+
+#: Unparsed bytes one client may make the server hold. Twice the largest bulk string, so one maximal request
+#: plus the start of the next always fit (Redis's client-query-buffer-limit is 1 GiB; our bulk cap is lower).
+DEFAULT_QUERY_BUFFER_LIMIT = 2 * limits.MAX_BULK_LENGTH
+
+#: Reply bytes one client may have queued and unsent before it is disconnected (Redis's
+#: client-output-buffer-limit; 32 MiB is Redis's hard limit for pubsub clients, its tightest class).
+DEFAULT_OUTPUT_BUFFER_LIMIT = 32 * 1024 * 1024
+
+#: Seconds queued replies may wait for a client that does not read before it is closed.
+DEFAULT_WRITE_TIMEOUT = 30.0
+
+#: cpu requests waiting for a worker, server-wide, before new ones are shed with -BUSY. 64 per worker keeps every
+#: worker fed through bursts while bounding the latency of the last one queued.
+DEFAULT_CPU_QUEUE_PER_WORKER = 64
+
+#: Seconds one cpu request may run in a worker before the client gets an error and the worker is replaced.
+#: The largest allowed PRIMES (5e7) takes about 12 s on these machines; 30 s leaves room for a loaded machine.
+DEFAULT_CPU_TIMEOUT = 30.0
+
 
 def default_workers() -> int:
     """One worker per CPU this process may run on (the affinity mask, not the machine's count)."""
@@ -50,6 +77,30 @@ class Config:
     log_format: str = "auto"
     log_level: str = "info"
     modules: tuple[str, ...] = ()
+    # -- limits (issue 5): 0 turns a timeout off -----------------------------------------------------------------
+    maxclients: int = DEFAULT_MAXCLIENTS
+    idle_timeout: float = 0.0
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    query_buffer_limit: int = DEFAULT_QUERY_BUFFER_LIMIT
+    output_buffer_limit: int = DEFAULT_OUTPUT_BUFFER_LIMIT
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT
+    cpu_queue_limit: int = 0
+    cpu_timeout: float = DEFAULT_CPU_TIMEOUT
+    # -- security (issue 5) --------------------------------------------------------------------------------------
+    requirepass: str = ""
+    protected_mode: bool = True
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    # -- observability and scale-out (issue 6) -------------------------------------------------------------------
+    metrics_port: int = -1
+    executor: str = "process"
+    reuseport: int = 0
+
+    @property
+    def effective_cpu_queue_limit(self) -> int:
+        """The cpu backlog bound: ``--cpu-queue-limit``, or 64 per worker when it is 0."""
+        return self.cpu_queue_limit or DEFAULT_CPU_QUEUE_PER_WORKER * self.workers
 
     def __post_init__(self) -> None:
         if self.mode not in ("async", "threaded"):
@@ -66,6 +117,25 @@ class Config:
             raise ValueError("shutdown-timeout must be >= 0")
         if self.log_format not in ("auto", "json", "console"):
             raise ValueError("log-format must be auto, json or console")
+        if self.maxclients < 1:
+            raise ValueError("maxclients must be at least 1")
+        for name in ("idle_timeout", "request_timeout", "write_timeout", "cpu_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 0 (0 turns it off)")
+        if self.query_buffer_limit < self.max_bulk_length:
+            raise ValueError("query-buffer-limit must be at least max-bulk-length")
+        if self.output_buffer_limit < 1 or self.cpu_queue_limit < 0:
+            raise ValueError("output-buffer-limit must be positive and cpu-queue-limit >= 0")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls-cert and tls-key go together")
+        if self.tls_ca and not self.tls_cert:
+            raise ValueError("tls-ca needs tls-cert and tls-key")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ValueError("metrics-port must be -1 (off), 0 (any free port) or 1..65535")
+        if self.executor != "process" and not self.executor.startswith("dask://"):
+            raise ValueError("executor must be process or dask://HOST:PORT")
+        if self.reuseport < 0:
+            raise ValueError("reuseport must be >= 0")
 
     def with_overrides(self, **changes: Any) -> Config:
         return replace(self, **changes)
@@ -92,7 +162,27 @@ _HELP = {
     "log_format": "auto (console on a TTY, JSON lines otherwise), json or console",
     "log_level": "debug, info, warning or error",
     "modules": "comma-separated modules to import for extra commands",
+    "maxclients": "most clients connected at once; the next gets -ERR max number of clients reached",
+    "idle_timeout": "close a client idle this many seconds (Redis's timeout; 0 = never)",
+    "request_timeout": "close a client that takes longer than this to send one whole request (0 = never)",
+    "query_buffer_limit": "unparsed request bytes one client may make the server hold",
+    "output_buffer_limit": "unsent reply bytes one client may have queued before it is disconnected",
+    "write_timeout": "close a client whose queued replies have not drained for this many seconds (0 = never)",
+    "cpu_queue_limit": "cpu requests waiting for a worker before new ones get -BUSY (0 = 64 per worker)",
+    "cpu_timeout": "seconds a cpu request may run; then an error reply and the worker is replaced (0 = never)",
+    "requirepass": "password clients must AUTH with (empty = no password)",
+    "protected_mode": "with no password and a non-loopback bind, refuse non-loopback clients (yes/no)",
+    "tls_cert": "PEM certificate: serve TLS instead of plain TCP (with --tls-key)",
+    "tls_key": "PEM private key for --tls-cert",
+    "tls_ca": "PEM CA bundle: require and verify client certificates",
+    "metrics_port": "serve Prometheus metrics on this port (-1 = off, 0 = any free port)",
+    "executor": "cpu executor: process (local pool) or dask://HOST:PORT (a Dask cluster)",
+    "reuseport": "start N front-end processes sharing the port with SO_REUSEPORT (0 = one process)",
 }
+
+
+_TRUE_WORDS = ("1", "yes", "true", "on")
+_FALSE_WORDS = ("0", "no", "false", "off")
 
 
 def _env_name(field_name: str) -> str:
@@ -118,7 +208,10 @@ def _convert(name: str, raw: Any) -> Any:
         return tuple(raw)
     sample = default.default_factory() if callable(default.default_factory) else default.default
     if isinstance(sample, bool):
-        return str(raw).lower() in ("1", "yes", "true", "on")
+        word = str(raw).lower()
+        if word not in _TRUE_WORDS + _FALSE_WORDS:
+            raise ValueError(word)
+        return word in _TRUE_WORDS
     if isinstance(sample, int):
         return int(raw)
     if isinstance(sample, float):
