@@ -1,19 +1,25 @@
-"""The asyncio front end: ``asyncio.start_server`` on uvloop, one task per connection.
+"""The asyncio front end: ``asyncio.start_server`` on uvloop, one protocol object per connection.
 
-Each connection task reads large chunks, parses every pipelined request in
-the chunk, answers inline commands at once and writes all replies that are
-ready in one ``write``. A cpu command becomes a future from
-``loop.run_in_executor(pool, ...)`` and takes its place in the connection's
-reply queue, so several pipelined cpu requests run in parallel on the pool
-while replies still leave in request order. Reading pauses when the reply
-queue or the transport buffer is above its bound (flow control without a
-drain per reply).
+``asyncio.start_server`` accepts; its connection callback is a plain
+function that hands the transport to a :class:`Connection`, an
+``asyncio.Protocol``, with ``transport.set_protocol``. From then on the loop
+calls ``Connection.data_received`` for every chunk read: no StreamReader, no
+task and no coroutine frame per connection. That is what keeps an idle
+connection at a few KiB and a request at one callback (docs/decisions.md,
+"Connections are protocols"; docs/benchmarks.md has the figures).
+
+Each chunk read is parsed whole; inline commands are answered at once and
+every reply that is ready goes out in one ``write``. A cpu command becomes a
+future from ``loop.run_in_executor(pool, ...)`` and takes its place in the
+connection's reply queue, so several pipelined cpu requests run in parallel on
+the pool while replies still leave in request order. Reading pauses while the
+reply queue or the transport's write buffer is above its bound (flow control
+through ``pause_reading``, without a drain per reply).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import signal
 import time
@@ -40,23 +46,48 @@ log = structlog.get_logger("crossdock.aio")
 _SHUTTING_DOWN = "ERR server is shutting down"
 
 
-class Connection:
-    """One client connection on the event loop: read, parse, dispatch, reply in order."""
+class Connection(asyncio.Protocol):
+    """One client connection on the event loop: read, parse, dispatch, reply in order.
 
-    def __init__(
-        self,
-        server: AsyncServer,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
+    Life cycle: created by :meth:`AsyncServer._accept` (start_server's
+    callback), fed by ``data_received``, finished by ``connection_lost``.
+    A connection stops reading (QUIT, a protocol error, EOF from the client,
+    shutdown) but still sends every reply to requests it has read; the
+    transport is closed once the reply queue is empty.
+
+    Error handling: a protocol error is answered with Redis's reply and the
+    connection closed; a reset from the peer ends it quietly (the transport
+    reports it through ``connection_lost``); an unexpected exception while
+    serving is logged at warning with the client id and the connection
+    aborted. The server goes on in every case.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_closed_waiter",
+        "_out",
+        "_paused_for_queue",
+        "_paused_for_writes",
+        "_pending",
+        "_reading_done",
+        "client",
+        "ctx",
+        "dispatcher",
+        "parser",
+        "server",
+        "stats",
+        "transport",
+    )
+
+    def __init__(self, server: AsyncServer, transport: asyncio.Transport) -> None:
         self.server = server
-        self.reader = reader
-        self.writer = writer
-        self.transport = writer.transport
-        sock = writer.get_extra_info("socket")
+        self.dispatcher = server.dispatcher
+        self.stats = server.state.stats
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
         self.client: ClientState = server.state.register_client(
-            format_address(writer.get_extra_info("peername")),
-            format_address(writer.get_extra_info("sockname")),
+            format_address(transport.get_extra_info("peername")),
+            format_address(transport.get_extra_info("sockname")),
             sock.fileno() if sock is not None else -1,
         )
         self.ctx = CommandContext(server.state, self.client, server.registry)
@@ -64,57 +95,72 @@ class Connection:
         #: Replies ready to go out in the next write.
         self._out: list[bytes] = []
         #: Replies waiting behind an unfinished future, in request order (bytes or futures).
-        self._pending: collections.deque[bytes | asyncio.Future[bytes]] = collections.deque()
-        self._room = asyncio.Event()
-        self._room.set()
+        #: A list, not a deque: an empty deque allocates a 64-slot block (~600 bytes per idle connection),
+        #: and released heads are dropped in one slice per batch, so pops stay cheap.
+        self._pending: list[bytes | asyncio.Future[bytes]] = []
+        self._paused_for_queue = False
+        self._paused_for_writes = False
+        #: No more requests will be read (QUIT, protocol error, EOF, shutdown); close once replies are out.
+        self._reading_done = False
         self._closed = False
+        #: Created on demand (shutdown waits on it), so an idle connection does not carry a future.
+        self._closed_waiter: asyncio.Future[None] | None = None
 
-    # -- the read loop -------------------------------------------------------------------
-    async def run(self) -> None:
-        """Serve this connection until EOF, QUIT, a protocol error or shutdown; then finish and close.
+    # -- protocol callbacks --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_WATER)
 
-        Error handling: a protocol error is answered with Redis's reply and
-        the connection closed; a reset from the peer ends the loop quietly;
-        anything else is logged at warning with the peer and the connection
-        closed. The server goes on in every case.
-        """
-        structlog.contextvars.bind_contextvars(client_id=self.client.id, peer=self.client.addr)
-        log.debug("connection_open")
-        dispatcher = self.server.dispatcher
-        parser = self.parser
-        client = self.client
-        ctx = self.ctx
+    def data_received(self, data: bytes) -> None:
+        """Parse every request in ``data``, answer what can be answered now, write once."""
+        if self._reading_done:
+            return
         try:
-            while not client.close_requested:
-                data = await self.reader.read(READ_CHUNK_SIZE)
-                if not data:
-                    break
-                for result in dispatcher.run_chunk(ctx, parser, data):
-                    if isinstance(result, bytes):
-                        self._emit(result)
+            for result in self.dispatcher.run_chunk(self.ctx, self.parser, data):
+                if isinstance(result, bytes):
+                    if self._pending:
+                        self._pending.append(result)
                     else:
-                        self._start_action(result)
-                self._write_out()
-                if len(self._pending) >= MAX_PENDING_REPLIES_PER_CLIENT:
-                    self._room.clear()
-                    await self._room.wait()
-                if self.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH_WATER:
-                    await self.writer.drain()
-            await self._finish_pending()
-        except ConnectionError:
-            pass
+                        self._out.append(result)
+                else:
+                    self._start_action(result)
+            self._write_out()
         except Exception:
-            log.warning("connection_failed", exc_info=True)
-        finally:
-            self._close()
-            log.debug("connection_closed")
+            log.warning("connection_failed", client_id=self.client.id, exc_info=True)
+            self.transport.abort()
+            return
+        if self.client.close_requested:
+            self._stop_reading()
+        elif len(self._pending) >= MAX_PENDING_REPLIES_PER_CLIENT and not self._paused_for_queue:
+            self._paused_for_queue = True
+            self._update_reading()
 
-    def _emit(self, reply: bytes) -> None:
-        if self._pending:
-            self._pending.append(reply)
-        else:
-            self._out.append(reply)
+    def eof_received(self) -> bool:
+        """The client half-closed: answer what was read, then close (keep the transport open until then)."""
+        self._stop_reading()
+        return True
 
+    def pause_writing(self) -> None:
+        self._paused_for_writes = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._paused_for_writes = False
+        self._update_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._reading_done = True
+        for item in self._pending:
+            if not isinstance(item, bytes):
+                item.cancel()
+        self._pending.clear()
+        self._out.clear()
+        self.server.state.unregister_client(self.client)
+        self.server.forget(self)
+        if self._closed_waiter is not None and not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
+
+    # -- replies ---------------------------------------------------------------------------
     def _start_action(self, action: RunCpu | Sleep) -> None:
         loop = asyncio.get_running_loop()
         if isinstance(action, Sleep):
@@ -131,65 +177,91 @@ class Connection:
         future.add_done_callback(self._on_future_done)
 
     def _on_future_done(self, _future: asyncio.Future[bytes]) -> None:
+        if self._closed:
+            return
         self._release_ready()
         self._write_out()
+        if self._paused_for_queue and len(self._pending) < MAX_PENDING_REPLIES_PER_CLIENT:
+            self._paused_for_queue = False
+            self._update_reading()
+        if self._reading_done and not self._pending:
+            self.transport.close()
 
     def _release_ready(self) -> None:
         pending = self._pending
         out = self._out
-        while pending:
-            head = pending[0]
+        ready = 0
+        for head in pending:
             if isinstance(head, bytes):
                 out.append(head)
             elif head.done():
                 out.append(_future_reply(head))
             else:
                 break
-            pending.popleft()
-        if len(pending) < MAX_PENDING_REPLIES_PER_CLIENT:
-            self._room.set()
+            ready += 1
+        del pending[:ready]
 
     def _write_out(self) -> None:
         out = self._out
-        if not out or self._closed:
-            out.clear()
+        if not out:
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
-        self.server.state.stats.total_net_output_bytes += len(data)
-        if not self.transport.is_closing():
-            self.writer.write(data)
+        if self._closed:
+            return
+        self.stats.total_net_output_bytes += len(data)
+        self.transport.write(data)
 
-    async def _finish_pending(self) -> None:
-        """Let replies to requests already read go out (QUIT, EOF, shutdown), then flush."""
-        while self._pending and not self.transport.is_closing():
-            unfinished = [item for item in self._pending if not isinstance(item, bytes) and not item.done()]
-            if unfinished:
-                await asyncio.wait(unfinished)
-            self._release_ready()
-            self._write_out()
-        self._write_out()
-        if not self.transport.is_closing():
-            with contextlib.suppress(ConnectionError):
-                await self.writer.drain()
+    # -- reading control -------------------------------------------------------------------
+    def _update_reading(self) -> None:
+        """Pause reading while either bound is exceeded; resume when both are clear (unless reading is done)."""
+        if self._closed or self._reading_done:
+            return
+        if self._paused_for_queue or self._paused_for_writes:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
 
-    def _close(self) -> None:
-        self._closed = True
-        for item in self._pending:
-            if not isinstance(item, bytes):
-                item.cancel()
-        self._pending.clear()
-        self.server.state.unregister_client(self.client)
-        self.writer.close()
+    def _stop_reading(self) -> None:
+        """No more requests from this client; those already read still get replies, then the transport closes."""
+        if self._closed:
+            return
+        if not self._reading_done:
+            self._reading_done = True
+            with contextlib.suppress(RuntimeError):  # already closing
+                self.transport.pause_reading()
+        if not self._pending:
+            self.transport.close()
 
     def stop_reading(self) -> None:
-        """Shutdown: no new requests from this client; those already read still get replies."""
-        self.reader.feed_eof()
+        """Shutdown: stop taking requests; reply to those already read, then close."""
+        self._stop_reading()
+
+    async def wait_closed(self) -> None:
+        """Wait until the transport has reported the connection lost."""
+        if self._closed:
+            return
+        if self._closed_waiter is None:
+            self._closed_waiter = asyncio.get_running_loop().create_future()
+        await self._closed_waiter
 
     def abort(self) -> None:
         """Close at once, dropping whatever is unsent (shutdown timeout passed)."""
-        self._closed = True
         self.transport.abort()
+
+
+class _ReleasedStreamWriter(asyncio.StreamWriter):
+    """start_server's StreamWriter once its transport belongs to a :class:`Connection`.
+
+    The writer is never used after the hand-over and is dropped with its
+    StreamReader (about 1 KiB per connection). A plain StreamWriter closes a
+    transport that is still open when it is garbage-collected (``__del__``,
+    CPython 3.11.5+), which would cut the client off at the next GC pass;
+    this subclass leaves the transport to its owner.
+    """
+
+    def __del__(self) -> None:
+        pass
 
 
 def _resolve(future: asyncio.Future[bytes], reply: bytes) -> None:
@@ -212,7 +284,7 @@ class AsyncServer:
         self.dispatcher = Dispatcher(command_registry, self.state)
         self.pool: CpuPool | None = None
         self._server: asyncio.AbstractServer | None = None
-        self._connections: dict[Connection, asyncio.Task[Any]] = {}
+        self._connections: set[Connection] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
 
@@ -265,17 +337,16 @@ class AsyncServer:
             self._server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for connection in list(self._connections):
+        connections = list(self._connections)
+        for connection in connections:
             connection.stop_reading()
-        tasks = list(self._connections.values())
-        if tasks:
-            _done, not_done = await asyncio.wait(tasks, timeout=self.config.shutdown_timeout)
+        waiters = [asyncio.ensure_future(connection.wait_closed()) for connection in connections]
+        if waiters:
+            _done, not_done = await asyncio.wait(waiters, timeout=self.config.shutdown_timeout)
             if not_done:
                 log.warning("shutdown_timeout_closing", connections=len(not_done))
                 for connection in list(self._connections):
                     connection.abort()
-                for task in not_done:
-                    task.cancel()
                 await asyncio.wait(not_done, timeout=1.0)
         if self._server is not None:
             with contextlib.suppress(Exception):
@@ -284,18 +355,27 @@ class AsyncServer:
             await asyncio.to_thread(self.pool.shutdown)
         log.info("stopped")
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _accept(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """start_server's callback (a plain function, so no task is created): hand the transport to a Connection.
+
+        The StreamReader/StreamWriter pair start_server made is dropped; the
+        transport's protocol becomes the Connection before any data arrives
+        (this runs inside ``connection_made``, before reading starts).
+        """
+        transport = writer.transport
         if self.stopping.is_set():
-            writer.close()
+            transport.close()
             return
-        connection = Connection(self, reader, writer)
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections[connection] = task
-        try:
-            await connection.run()
-        finally:
-            self._connections.pop(connection, None)
+        # uvloop's TCPTransport implements asyncio.Transport without subclassing it, so no isinstance check.
+        writer.__class__ = _ReleasedStreamWriter
+        connection = Connection(self, transport)  # type: ignore[arg-type]
+        transport.set_protocol(connection)
+        connection.connection_made(transport)
+        self._connections.add(connection)
+
+    def forget(self, connection: Connection) -> None:
+        """A connection is gone (called from its ``connection_lost``)."""
+        self._connections.discard(connection)
 
     async def _sweep_expired(self) -> None:
         keyspace = self.state.keyspace

@@ -37,7 +37,7 @@ class Stats:
     slow_commands: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ClientState:
     """One connection as CLIENT LIST and INFO clients see it."""
 
