@@ -112,11 +112,22 @@ class Dispatcher:
         self.server.stats.total_net_input_bytes += len(data)
         client.last_interaction = time.monotonic()
         parser.feed(data)
+        execute = self.execute
         try:
-            while (args := parser.next_request()) is not None:
-                yield self.execute(ctx, args)
+            if parser.auth_required:
+                # Redis's pre-AUTH caps lift as soon as AUTH succeeds, even mid-chunk: parse one at a time.
+                while (args := parser.next_request()) is not None:
+                    yield execute(ctx, args)
+                    if client.close_requested:
+                        return
+                return
+            # One parser pass for the whole chunk. Requests after a QUIT are parsed but never run.
+            for args in parser.parse_all():
+                yield execute(ctx, args)
                 if client.close_requested:
                     return
+            if parser.failed:
+                parser.parse_all()  # raises the error that followed the good requests
         except ProtocolError as exc:
             log.debug("protocol_error", error=exc.message)
             client.close_requested = True

@@ -205,6 +205,11 @@ class RequestParser:
             self._cap_count = min(self._cap_count, UNAUTHENTICATED_MAX_MULTIBULK_LENGTH)
 
     @property
+    def failed(self) -> bool:
+        """True once a protocol error was found (raised, or due from the next parse call)."""
+        return self._error is not None
+
+    @property
     def uses_hiredis(self) -> bool:
         """Whether the hiredis fast path is enabled for this parser."""
         return self._use_hiredis
