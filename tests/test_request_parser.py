@@ -112,6 +112,25 @@ def run_batches(data: bytes, use_hiredis: bool, sizes: list[int] | None = None) 
     return requests, None
 
 
+def run_parse_chunk(data: bytes, use_hiredis: bool, sizes: list[int] | None = None) -> Result:
+    """Same as :func:`run_batches` through ``parse_chunk`` (the front ends' call, with its fast path)."""
+    parser = RequestParser(use_hiredis=use_hiredis)
+    requests: list[list[bytes]] = []
+    for piece in pieces(data, sizes):
+        try:
+            batch = parser.parse_chunk(piece)
+        except ProtocolError as exc:
+            return requests, exc.message
+        requests += batch
+        if batch and parser.failed:
+            try:
+                parser.parse_all()
+            except ProtocolError as exc:
+                return requests, exc.message
+            raise AssertionError("failed is set but parse_all did not raise")
+    return requests, None
+
+
 # -- the basics -----------------------------------------------------------------------------
 
 
@@ -530,6 +549,8 @@ def test_any_bytes_any_chunking_same_result_on_both_paths(data: bytes, sizes: li
         assert run(data, use_hiredis, sizes) == reference
         assert run(data, use_hiredis, [1]) == reference
         assert run_batches(data, use_hiredis, sizes) == reference
+        assert run_parse_chunk(data, use_hiredis, sizes) == reference
+        assert run_parse_chunk(data, use_hiredis) == reference
 
 
 args_lists = st.lists(st.binary(max_size=40), min_size=1, max_size=8)
@@ -542,6 +563,41 @@ def test_encoded_commands_round_trip(requests: list[list[bytes]], sizes: list[in
     for use_hiredis in PATHS:
         assert run(data, use_hiredis, sizes) == (requests, None)
         assert run_batches(WARMUP + data, use_hiredis, sizes) == (WARMUP_REQUESTS + requests, None)
+        assert run_parse_chunk(data, use_hiredis) == (requests, None)
+        assert run_parse_chunk(WARMUP + data, use_hiredis, sizes) == (WARMUP_REQUESTS + requests, None)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode_command("SET", "k", "v") + b"*1\r\n$-1\r\n",
+        encode_command("PING") + b"*1\rX$4\r\nPING\r\n" + encode_command("PING"),
+        encode_command("PING") + b"*01\r\n$4\r\nPING\r\n",
+        encode_command("PING") + b"*1\r\n$04\r\nPING\r\n",
+        encode_command("PING") + b"*0\r\n*-1\r\nPING\r\n",
+        encode_command("PING") + b"*1\r\n+4\r\nPING\r\n",
+        encode_command("PING") + b"*1\r\n$4\r\nPINGxy" + encode_command("ECHO", ""),
+        encode_command("PING") + b"*2\r\n$4\r\nECHO\r\n$99999999999\r\n",
+        encode_command("PING") + b"*9999999999\r\n",
+        b"*1\r\n$4\r\nPI\x00G\r\n" + encode_command("PING"),
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$20000\r\n" + b"v" * 20000 + b"\r\n",
+    ],
+)
+def test_parse_chunk_fast_path_agrees_with_the_parser(data: bytes, use_hiredis: bool) -> None:
+    """Quirks at the edge of the fast path's "simple multibulk" shape go to the ordinary parser, same result."""
+    reference = run(data)
+    assert run_parse_chunk(data, use_hiredis) == reference
+    assert run_parse_chunk(data, use_hiredis, [7]) == reference
+    parser = RequestParser(use_hiredis=use_hiredis, auth_required=True)
+    expected = run(data, auth_required=True)
+    got: list[list[bytes]] = []
+    try:
+        got += parser.parse_chunk(data)
+        got += parser.parse_all()
+    except ProtocolError as exc:
+        assert (got, exc.message) == expected
+    else:
+        assert (got, None) == expected
 
 
 def test_every_split_point_gives_the_same_result(use_hiredis: bool) -> None:

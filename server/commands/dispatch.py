@@ -111,10 +111,10 @@ class Dispatcher:
         client = ctx.client
         self.server.stats.total_net_input_bytes += len(data)
         client.last_interaction = time.monotonic()
-        parser.feed(data)
         execute = self.execute
         try:
             if parser.auth_required:
+                parser.feed(data)
                 # Redis's pre-AUTH caps lift as soon as AUTH succeeds, even mid-chunk: parse one at a time.
                 while (args := parser.next_request()) is not None:
                     yield execute(ctx, args)
@@ -122,7 +122,7 @@ class Dispatcher:
                         return
                 return
             # One parser pass for the whole chunk. Requests after a QUIT are parsed but never run.
-            for args in parser.parse_all():
+            for args in parser.parse_chunk(data):
                 yield execute(ctx, args)
                 if client.close_requested:
                     return
