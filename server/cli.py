@@ -46,7 +46,13 @@ def _serve(args: argparse.Namespace) -> int:
     return threaded.run(config)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; only the subcommand being run (``command``) has its module imported.
+
+    The other external subcommands are listed with their help text but not
+    imported, so ``crossdock serve`` starts without loading the client, the
+    load generator and their dependencies (rich, matplotlib).
+    """
     from server.config import add_arguments
 
     parser = argparse.ArgumentParser(prog="crossdock", description="A RESP2 server: asyncio, processes and threads.")
@@ -57,11 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(serve)
     serve.set_defaults(handler=_serve)
     for name, (module_name, help_text) in EXTERNAL_SUBCOMMANDS.items():
+        if name != command:
+            commands.add_parser(name, help=help_text)
+            continue
         try:
             module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        if not hasattr(module, "add_arguments") or not hasattr(module, "run"):
+        except ImportError as exc:
+            print(f"crossdock {name}: cannot load {module_name}: {exc}", file=sys.stderr)
             continue
         sub = commands.add_parser(name, help=help_text)
         module.add_arguments(sub)
@@ -70,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((word for word in argv if not word.startswith("-")), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     return int(args.handler(args) or 0)
 
