@@ -1,5 +1,8 @@
 # crossdock in a container: slim Python, non-root, tini as PID 1 so SIGTERM reaches the server
 # (and its graceful shutdown runs), bound to 0.0.0.0 inside the container.
+# Protected mode is off here, as in Redis's official image: clients arrive through Docker's port mapping from a
+# non-loopback address and would all be refused. Publish the port beyond localhost only with a password:
+#   docker run -e CROSSDOCK_REQUIREPASS=... -p 7379:7379 crossdock
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -7,7 +10,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     CROSSDOCK_HOST=0.0.0.0 \
-    CROSSDOCK_PORT=7379
+    CROSSDOCK_PORT=7379 \
+    CROSSDOCK_PROTECTED_MODE=no
 
 # tini reaps zombies and forwards signals to the server; gcc is not needed (wheels for uvloop/hiredis).
 RUN apt-get update \
@@ -26,9 +30,10 @@ RUN pip install --no-cache-dir . \
 USER 10001:10001
 EXPOSE 7379
 
-# Healthy means the server answers PING with +PONG (RESP inline command over TCP).
+# Healthy means the server answers PING on loopback with +PONG, or -NOAUTH when a password is set; it follows
+# CROSSDOCK_PORT and speaks TLS when CROSSDOCK_TLS_CERT is set (server/healthcheck.py).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["python", "-c", "import socket,sys; s=socket.create_connection(('127.0.0.1', 7379), 2); s.sendall(b'PING\\r\\n'); sys.exit(0 if s.recv(7) == b'+PONG\\r\\n' else 1)"]
+    CMD ["python", "-m", "server.healthcheck"]
 
 ENTRYPOINT ["/usr/bin/tini", "--", "crossdock", "serve"]
 CMD ["--mode", "async", "--cpu", "pool"]

@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from server import security, tls
 from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep, registry
 from server.config import Config
 from server.limits import (
@@ -292,6 +293,7 @@ class AsyncServer:
     async def start(self) -> None:
         """Start the pool (pre-warmed) and begin accepting. Logs ``started`` with the bound port."""
         config = self.config
+        ssl_context = tls.server_context_or_exit(config)  # a bad certificate stops start-up before the pool
         if config.cpu == "pool":
             self.pool = await asyncio.to_thread(start_pool, config)
             self.state.pool_size = config.workers
@@ -308,6 +310,7 @@ class AsyncServer:
             limit=READ_CHUNK_SIZE,
             reuse_address=True,
             backlog=LISTEN_BACKLOG,
+            **tls.start_server_arguments(ssl_context),
         )
         sockets = self._server.sockets or ()
         self.state.bound_port = sockets[0].getsockname()[1] if sockets else config.port
@@ -320,6 +323,7 @@ class AsyncServer:
             port=self.state.bound_port,
             workers=self.state.pool_size,
             loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+            tls=ssl_context is not None,
         )
 
     async def serve(self) -> None:
@@ -368,6 +372,11 @@ class AsyncServer:
             return
         # uvloop's TCPTransport implements asyncio.Transport without subclassing it, so no isinstance check.
         writer.__class__ = _ReleasedStreamWriter
+        refusal = security.protected_mode_refusal(self.config, transport.get_extra_info("peername"))
+        if refusal is not None:  # protected mode: explain, count, close (after the TLS handshake, if any)
+            self.state.stats.rejected_connections += 1
+            transport.set_protocol(security.Refusal(transport, refusal))  # type: ignore[arg-type]
+            return
         connection = Connection(self, transport)  # type: ignore[arg-type]
         transport.set_protocol(connection)
         connection.connection_made(transport)

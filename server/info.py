@@ -127,7 +127,12 @@ def render_info(state: ServerState, requested: list[str]) -> str:
 
 
 def config_parameters(state: ServerState) -> dict[str, str]:
-    """Parameters CONFIG GET can read. ``save``/``appendonly`` are what redis-benchmark asks for."""
+    """Parameters CONFIG GET can read. ``save``/``appendonly`` are what redis-benchmark asks for.
+
+    ``requirepass`` shows the password, as Redis 7's CONFIG GET does: only a client that has already
+    authenticated can run CONFIG (before AUTH it gets ``-NOAUTH``), and without a password it is empty.
+    The TLS entries carry Redis's names; ``tls-auth-clients`` is ``yes`` when ``--tls-ca`` is set.
+    """
     config = state.config
     return {
         "bind": config.host,
@@ -140,6 +145,12 @@ def config_parameters(state: ServerState) -> dict[str, str]:
         "proto-max-bulk-len": str(config.max_bulk_length),
         "slowlog-log-slower-than": str(int(config.slowlog_threshold_ms * 1000)),
         "io-threads": "1",
+        "requirepass": config.requirepass,
+        "protected-mode": "yes" if config.protected_mode else "no",
+        "tls-cert-file": config.tls_cert,
+        "tls-key-file": config.tls_key,
+        "tls-ca-cert-file": config.tls_ca,
+        "tls-auth-clients": "yes" if config.tls_ca else "no",
         "crossdock-mode": config.mode,
         "crossdock-cpu": config.cpu,
         "crossdock-workers": str(state.pool_size),

@@ -54,6 +54,8 @@ class ClientState:
     resp: int = 2
     #: Set by QUIT (and by protocol errors): reply, then close.
     close_requested: bool = False
+    #: False until AUTH succeeds when a password is set (always True without one): see server.commands.auth.
+    authenticated: bool = True
 
     def describe(self) -> str:
         """This client as one CLIENT LIST line (Redis's field names, the subset that applies here)."""
@@ -90,7 +92,9 @@ class ServerState:
     def register_client(self, addr: str, laddr: str, fd: int) -> ClientState:
         """Create the state of a newly accepted connection and count it."""
         with self._clients_lock:
-            client = ClientState(id=next(self._ids), addr=addr, laddr=laddr, fd=fd)
+            client = ClientState(
+                id=next(self._ids), addr=addr, laddr=laddr, fd=fd, authenticated=not self.config.requirepass
+            )
             self.clients[client.id] = client
         self.stats.total_connections_received += 1
         return client

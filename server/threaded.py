@@ -14,6 +14,7 @@ import contextlib
 import signal
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from concurrent.futures import CancelledError
@@ -21,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from server import security, tls
 from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep, registry
 from server.config import Config
 from server.limits import EXPIRE_SWEEP_INTERVAL, LISTEN_BACKLOG, READ_CHUNK_SIZE
@@ -65,9 +67,11 @@ class ThreadedServer:
         self._connections_lock = threading.Lock()
         self._stop = threading.Event()
         self.stopping = threading.Event()
+        self._ssl: ssl.SSLContext | None = None
 
     def start(self) -> None:
         config = self.config
+        self._ssl = tls.server_context_or_exit(config)  # a bad certificate stops start-up before the pool
         if config.cpu == "pool":
             self.pool = start_pool(config)
             self.state.pool_size = config.workers
@@ -86,6 +90,7 @@ class ThreadedServer:
             host=config.host,
             port=self.state.bound_port,
             workers=self.state.pool_size,
+            tls=self._ssl is not None,
         )
 
     def request_stop(self) -> None:
@@ -110,7 +115,9 @@ class ThreadedServer:
             connections = dict(self._connections)
         for sock in connections:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RD)
+                # The plain socket's shutdown, also for a TLS socket: ssl.SSLSocket.shutdown drops its TLS state,
+                # and replies still owed would then go out in clear text.
+                socket.socket.shutdown(sock, socket.SHUT_RD)
         deadline = time.monotonic() + self.config.shutdown_timeout
         for thread in connections.values():
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -120,7 +127,7 @@ class ThreadedServer:
             log.warning("shutdown_timeout_closing", connections=len(leftover))
             for sock in leftover:
                 with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
         if self.pool is not None:
             self.pool.shutdown()
         log.info("stopped")
@@ -131,6 +138,32 @@ class ThreadedServer:
 
     # -- one connection ---------------------------------------------------------------------
     def serve_connection(self, sock: socket.socket, address: Any) -> None:
+        """In the connection's thread: the TLS handshake (if any), protected mode, then :meth:`_serve`.
+
+        The handshake runs here, not in the accept loop, so a client that never finishes it holds only its own
+        thread, for at most :data:`server.tls.TLS_HANDSHAKE_TIMEOUT`.
+
+        Error handling: a failed handshake closes the connection (logged at debug); a refused peer gets
+        Redis's ``-DENIED`` text and is closed.
+        """
+        if self._ssl is not None:
+            tls_sock = tls.server_handshake(self._ssl, sock)
+            if tls_sock is None:
+                return
+            with tls_sock:  # socketserver closes the plain socket, which the TLS socket has taken over
+                self._admit(tls_sock, address)
+            return
+        self._admit(sock, address)
+
+    def _admit(self, sock: socket.socket, address: Any) -> None:
+        refusal = security.protected_mode_refusal(self.config, address)
+        if refusal is not None:
+            self.state.stats.rejected_connections += 1
+            security.refuse_blocking(sock, refusal)
+            return
+        self._serve(sock, address)
+
+    def _serve(self, sock: socket.socket, address: Any) -> None:
         """Read, parse, answer in order, write once per chunk, until EOF, QUIT or a protocol error.
 
         Error handling: as in the asyncio front end, a protocol error is

@@ -6,6 +6,7 @@ module that adds commands imports the same decorators::
     from server.commands import inline_command, cpu_command, bounded_int
 """
 
+from server.commands import auth as _auth  # noqa: F401  (registers AUTH)
 from server.commands import builtins as _builtins  # noqa: F401  (registers the inline built-ins)
 from server.commands import cpu as _cpu  # noqa: F401  (registers the cpu built-ins)
 from server.commands.actions import Action, RunCpu, Sleep

@@ -11,6 +11,7 @@ import fnmatch
 import time
 
 from server.commands.actions import Sleep
+from server.commands.auth import HELLO_NOAUTH, NO_AUTH_FLAGS, authenticate
 from server.commands.context import CommandContext
 from server.commands.keyspace import now_ms
 from server.commands.registry import CommandError, inline_command, parse_int
@@ -47,7 +48,9 @@ def echo(ctx: CommandContext, args: list[bytes]) -> object:
     return args[1]
 
 
-@inline_command("QUIT", arity=-1, summary="Close the connection.", group="connection", since="1.0.0")
+@inline_command(
+    "QUIT", arity=-1, summary="Close the connection.", group="connection", since="1.0.0", flags=NO_AUTH_FLAGS
+)
 def quit_(ctx: CommandContext, args: list[bytes]) -> object:
     ctx.client.close_requested = True
     return OK
@@ -72,6 +75,7 @@ def sleep(ctx: CommandContext, args: list[bytes]) -> object:
     summary="Handshake: protocol version (2 only), optional AUTH and SETNAME.",
     group="connection",
     since="6.0.0",
+    flags=NO_AUTH_FLAGS,
 )
 def hello(ctx: CommandContext, args: list[bytes]) -> object:
     position = 1
@@ -84,17 +88,23 @@ def hello(ctx: CommandContext, args: list[bytes]) -> object:
             raise CommandError("NOPROTO unsupported protocol version")
         position = 2
     new_name: bytes | None = None
+    credentials: tuple[bytes, bytes] | None = None
     while position < len(args):
         option = _upper(args[position])
         remaining = len(args) - position - 1
         if option == b"AUTH" and remaining >= 2:
-            # No password is configured yet: the default user accepts any password, as Redis's does.
+            credentials = (args[position + 1], args[position + 2])
             position += 3
         elif option == b"SETNAME" and remaining >= 1:
             new_name = _validated_client_name(args[position + 1])
             position += 2
         else:
             raise CommandError(f"ERR Syntax error in HELLO option '{args[position].decode(errors='replace')}'")
+    # Redis's order: options parsed, then AUTH (WRONGPASS), then "must be authenticated", then SETNAME.
+    if credentials is not None:
+        authenticate(ctx, *credentials)
+    if not ctx.client.authenticated:
+        raise CommandError(HELLO_NOAUTH)
     if new_name is not None:
         ctx.client.name = new_name
     return [

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from server import security
 from server.commands.actions import Action, RunCpu, Sleep
+from server.commands.auth import NOAUTH
 from server.commands.registry import CommandError, Kind, Registry
 from server.protocol import ProtocolError, RequestParser
 from server.protocol.reply import encode_error, encode_reply
@@ -26,6 +28,10 @@ log = structlog.get_logger("crossdock.commands")
 
 #: Redis quotes at most 128 characters of the unknown name and of its arguments.
 UNKNOWN_COMMAND_QUOTE_LIMIT = 128
+
+_NOAUTH_REPLY = encode_error(NOAUTH)
+#: Written for an HTTP request (POST / Host:) before the close: nothing, as Redis writes nothing.
+_NO_REPLY = b""
 
 
 def unknown_command_error(args: list[bytes]) -> str:
@@ -56,21 +62,33 @@ class Dispatcher:
         """Run one request. Returns encoded reply bytes, or an action for the front end.
 
         Error handling: unknown commands, wrong arity and :class:`CommandError`
-        become error replies with Redis's wording. Any other exception is a
-        bug in a command: it is logged once at warning with its traceback and
-        answered ``-ERR internal error``; the connection and the server go on.
+        become error replies with Redis's wording, checked in Redis's order
+        (unknown, arity, then ``-NOAUTH`` before AUTH when a password is set).
+        A request whose first word is ``POST`` or ``Host:`` is an HTTP request
+        sent to this port: it gets no reply, the client is marked to be closed
+        and the attempt is logged (see :mod:`server.security`). Any other
+        exception is a bug in a command: it is logged once at warning with its
+        traceback and answered ``-ERR internal error``; the connection and the
+        server go on.
         """
         stats = self.server.stats
         stats.total_commands_processed += 1
         command = self.registry.lookup(args[0])
         client = ctx.client
         if command is None:
+            if security.is_http_request(args[0]):
+                security.log_security_attack(client.addr)
+                client.close_requested = True
+                return _NO_REPLY
             stats.total_error_replies += 1
             return encode_error(unknown_command_error(args))
         client.last_command = command.name
         if not command.arity_ok(len(args)):
             stats.total_error_replies += 1
             return encode_error(wrong_arity_error(command.name))
+        if not client.authenticated and "no_auth" not in command.flags:
+            stats.total_error_replies += 1
+            return _NOAUTH_REPLY
         if command.kind is Kind.CPU:
             try:
                 converted = command.convert_args(args)
@@ -104,6 +122,12 @@ class Dispatcher:
         This is the per-chunk loop both front ends share: they only decide how
         to write replies and carry out actions.
 
+        Until the client has authenticated (a password is set and AUTH has
+        not yet succeeded) the parser applies Redis's pre-AUTH caps; they are
+        lifted as soon as AUTH succeeds, for the very next request of the
+        same chunk, as Redis parses one request at a time. An authenticated
+        client pays one bool check per chunk for this.
+
         Error handling: a protocol error yields its Redis error reply last and
         marks the client to be closed (Redis answers, then drops the
         connection); QUIT also stops the chunk after its own reply.
@@ -113,14 +137,18 @@ class Dispatcher:
         client.last_interaction = time.monotonic()
         execute = self.execute
         try:
-            if parser.auth_required:
+            if not client.authenticated:
                 parser.feed(data)
-                # Redis's pre-AUTH caps lift as soon as AUTH succeeds, even mid-chunk: parse one at a time.
-                while (args := parser.next_request()) is not None:
+                data = b""  # fed: parse_chunk below takes what is left of it after AUTH
+                # Redis's pre-AUTH caps, lifted as soon as AUTH succeeds, even mid-chunk: parse one at a time.
+                parser.auth_required = True
+                while not client.authenticated:
+                    if (args := parser.next_request()) is None:
+                        return
                     yield execute(ctx, args)
                     if client.close_requested:
                         return
-                return
+                parser.auth_required = False
             # One parser pass for the whole chunk. Requests after a QUIT are parsed but never run.
             for args in parser.parse_chunk(data):
                 yield execute(ctx, args)
