@@ -520,7 +520,8 @@ def test_http_detection_runs_before_auth_and_for_multibulk(password_server: Serv
         conn.send("HOST:", "x")  # multibulk, upper case, no AUTH yet: closed all the same
         assert conn.read_until_closed() == b""
     with password_server.connect() as conn:
-        assert conn.call("POSTS") != b""  # only the exact words count
+        reply = conn.call("POSTS")  # only the exact words count
+        assert isinstance(reply, str) and reply.startswith("ERR unknown command 'POSTS'")
         assert conn.call("PING") == NOAUTH
 
 
@@ -631,6 +632,24 @@ def test_silent_tls_client_blocks_no_one_and_is_dropped(front: str, pki: Pki) ->
                 assert silent.recv(1) == b""
             except ConnectionResetError:
                 pass
+    finally:
+        process.stop()
+
+
+def test_graceful_shutdown_answers_in_flight_requests_over_tls(front: str, pki: Pki) -> None:
+    """SIGTERM while a request runs: its reply still arrives, encrypted (the TLS state survives the shutdown)."""
+    process = _serve(front, "--tls-cert", str(pki.cert), "--tls-key", str(pki.key))
+    try:
+        with TlsRespSocket("127.0.0.1", process.port, pki.client_context()) as conn:
+            assert conn.call("PING") == "PONG"
+            conn.send("SLEEP", 1000)
+            conn.send("ECHO", "after")
+            _wait_for_event(process, "connection_open", 1)
+            time.sleep(0.2)  # let the server read both requests before the signal (ordering, not a timing assert)
+            process.signal()
+            assert conn.read_reply() == "OK"
+            assert conn.read_reply() == b"after"
+        assert process.proc.wait(SOCKET_TIMEOUT) == 0
     finally:
         process.stop()
 
