@@ -13,11 +13,13 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,10 +32,10 @@ import pytest
 
 from clients import AsyncClient, Client, ReplyError
 from server import security
-from server.config import Config
+from server.config import Config, parse_config
 from server.protocol import ReplyParser, encode_command
 from server.tls import TLS_HANDSHAKE_TIMEOUT
-from tests.support import ROOT, SOCKET_TIMEOUT, RespSocket, ServerProcess
+from tests.support import ROOT, SOCKET_TIMEOUT, STARTUP_TIMEOUT, RespSocket, ServerProcess
 from tests.test_client_fixtures import RedisServer, have_redis_server
 
 PASSWORD = "s3cret pass"  # a space, so quoting on every path is exercised
@@ -422,6 +424,35 @@ def test_protected_mode_decision_with_real_addresses() -> None:
 
 
 @needs_non_loopback
+def test_default_bind_is_loopback_only() -> None:
+    assert parse_config([], {}).host == "127.0.0.1"
+    assert NON_LOOPBACK is not None
+    command = [sys.executable, "-m", "server", "serve", "--port", "0", "--cpu", "inline", "--log-format", "json"]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CROSSDOCK_")}
+    proc = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    killer = threading.Timer(STARTUP_TIMEOUT, proc.kill)  # bounds the readline loop below
+    killer.start()
+    try:
+        assert proc.stdout is not None
+        port = 0
+        for raw in proc.stdout:
+            event = json.loads(raw) if raw.startswith(b"{") else {}
+            if event.get("event") == "started":
+                assert event["host"] == "127.0.0.1"
+                port = int(event["port"])
+                break
+        assert port, "the server did not start"
+        with RespSocket("127.0.0.1", port) as local:
+            assert local.call("PING") == "PONG"
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((NON_LOOPBACK, port), timeout=SOCKET_TIMEOUT).close()
+    finally:
+        killer.cancel()
+        proc.terminate()
+        proc.wait(SOCKET_TIMEOUT)
+
+
+@needs_non_loopback
 def test_protected_mode_denies_non_loopback_peer(open_server: ServerProcess) -> None:
     assert NON_LOOPBACK is not None
     with open_server.connect() as local:
@@ -685,6 +716,19 @@ def test_healthcheck_follows_password_and_tls(password_server: ServerProcess, tl
         unused.bind(("127.0.0.1", 0))  # bound, never listening: nothing answers there
         refused = _healthcheck(unused.getsockname()[1])
     assert refused.returncode == 1 and "unhealthy" in refused.stderr
+
+
+def test_readme_security_example_runs_as_written(password_server: ServerProcess) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = re.search(r"^## Security\n(.*?)(?=^## |\Z)", readme, re.MULTILINE | re.DOTALL)
+    assert section, "the README lost its Security section"
+    blocks = re.findall(r"^```python\n(.*?)^```", section.group(1), re.MULTILINE | re.DOTALL)
+    assert blocks
+    code = blocks[0].replace("7379", str(password_server.port)).replace("change-me", PASSWORD)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=CLIENT_TIMEOUT
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "PONG"), done.stderr
 
 
 def test_dockerfile_turns_protected_mode_off_and_checks_health_with_the_module() -> None:
