@@ -30,6 +30,7 @@ import structlog
 
 from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep, registry
 from server.config import Config
+from server.cpu_jobs import CpuJobs
 from server.limits import (
     EXPIRE_SWEEP_INTERVAL,
     LISTEN_BACKLOG,
@@ -37,7 +38,6 @@ from server.limits import (
     READ_CHUNK_SIZE,
     WRITE_BUFFER_HIGH_WATER,
 )
-from server.cpu_jobs import CpuJobs
 from server.pool import CpuPool, cpu_reply, run_cpu, start_pool
 from server.protocol import RequestParser, encode_error, encode_reply
 from server.state import ClientState, ServerState, format_address
@@ -427,7 +427,12 @@ class AsyncServer:
             return reply
         job = jobs.start(action, finish, client_id)
         if job is not None:
-            reply.add_done_callback(lambda done: done.cancelled() and jobs.abandon(job))
+
+            def on_reply_done(done: asyncio.Future[bytes]) -> None:
+                if done.cancelled():  # the connection closed before its reply
+                    jobs.abandon(job)
+
+            reply.add_done_callback(on_reply_done)
         return reply
 
 

@@ -44,6 +44,7 @@ and a slot from a free list.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import itertools
 import threading
 import time
@@ -155,7 +156,9 @@ class Job:
         "timed_out",
     )
 
-    def __init__(self, job_id: int, slot: int, action: RunCpu, on_reply: Callable[[bytes], None], client_id: int) -> None:
+    def __init__(
+        self, job_id: int, slot: int, action: RunCpu, on_reply: Callable[[bytes], None], client_id: int
+    ) -> None:
         self.id = job_id
         self.slot = slot
         self.action = action
@@ -263,7 +266,8 @@ class CpuJobs:
         for _attempt in range(MAX_RESUBMITS + 1):
             executor = pool.executor
             fn, args = pool.job_call(job.id, job.slot, job.action.func, job.action.args)
-            job.executor, job.start, job.deadline = executor, None, None
+            with self._lock:
+                job.executor, job.start, job.deadline = executor, None, None
             try:
                 future = self._submit_fn(executor, fn, *args)
             except concurrent.futures.BrokenExecutor:
@@ -272,7 +276,7 @@ class CpuJobs:
             except RuntimeError:  # shut down: the server is stopping
                 break
             job.future = future
-            future.add_done_callback(lambda done, job=job: self._on_done(job, done))
+            future.add_done_callback(functools.partial(self._on_done, job))
             return
         self._finish(job, encode_error(POOL_UNAVAILABLE), release=True)
 
@@ -328,21 +332,21 @@ class CpuJobs:
                     return
 
     def _find_expired(self) -> list[tuple[Job, Any]]:
+        """Jobs that have run past the timeout. Under the lock, so a resubmission cannot interleave."""
         now = time.monotonic()
-        pool = self.pool
+        job_started = self.pool.job_started
         expired = []
         with self._lock:
-            jobs = list(self._jobs.values())
-        for job in jobs:
-            if job.timed_out:
-                continue
-            if job.deadline is None:
-                start = pool.job_started(job.executor, job.id, job.slot)
-                if start is None:
+            for job in self._jobs.values():
+                if job.timed_out:
                     continue
-                job.start, job.deadline = start, start.started + self.timeout
-            if now >= job.deadline:
-                expired.append((job, job.executor))
+                if job.deadline is None:
+                    start = job_started(job.executor, job.id, job.slot)
+                    if start is None:
+                        continue
+                    job.start, job.deadline = start, start.started + self.timeout
+                if now >= job.deadline:
+                    expired.append((job, job.executor))
         return expired
 
     def _expire(self, expired: list[tuple[Job, Any]]) -> None:

@@ -317,7 +317,7 @@ def cpu_reply(tagged: tuple[int, Any]) -> bytes:
     """Encode a worker's ``(tag, value)`` outcome from :func:`run_cpu` as reply bytes."""
     tag, value = tagged
     if tag == REPLY_TAG:
-        return value  # type: ignore[no-any-return]
+        return bytes(value)
     if tag == ERROR_TAG:
         return encode_error(value)
     try:

@@ -23,8 +23,8 @@ import structlog
 
 from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep, registry
 from server.config import Config
-from server.limits import EXPIRE_SWEEP_INTERVAL, LISTEN_BACKLOG, READ_CHUNK_SIZE
 from server.cpu_jobs import CpuJobs, call_directly, threaded_submit
+from server.limits import EXPIRE_SWEEP_INTERVAL, LISTEN_BACKLOG, READ_CHUNK_SIZE
 from server.pool import CpuPool, cpu_reply, run_cpu, start_pool
 from server.protocol import RequestParser, encode_reply
 from server.state import ServerState, format_address
