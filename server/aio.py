@@ -24,7 +24,6 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
@@ -409,8 +408,7 @@ class AsyncServer:
         worker that died under the request, the reply otherwise.
 
         Error handling: a cancelled reply future (its client has gone) tells
-        the policy to drop the job: cancelled if it has not started, its
-        result dropped quietly if it has.
+        the policy to drop the job's reply quietly when it comes.
         """
         loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
