@@ -354,10 +354,10 @@ class AsyncServer:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.shutdown)  # the cpu timeout still applies while it waits
         if self.cpu_jobs is not None:
             self.cpu_jobs.close()
-        if self.pool is not None:
-            await asyncio.to_thread(self.pool.shutdown)
         log.info("stopped")
 
     def _accept(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

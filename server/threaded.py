@@ -131,10 +131,10 @@ class ThreadedServer:
             for sock in leftover:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+        if self.pool is not None:
+            self.pool.shutdown()  # the cpu timeout still applies while it waits
         if self.cpu_jobs is not None:
             self.cpu_jobs.close()
-        if self.pool is not None:
-            self.pool.shutdown()
         log.info("stopped")
 
     def _sweep_expired(self) -> None:
