@@ -266,8 +266,11 @@ class CpuJobs:
         for _attempt in range(MAX_RESUBMITS + 1):
             executor = pool.executor
             fn, args = pool.job_call(job.id, job.slot, job.action.func, job.action.args)
-            with self._lock:
-                job.executor, job.start, job.deadline = executor, None, None
+            if job.resubmits or _attempt:  # the watcher may hold a start from the previous executor
+                with self._lock:
+                    job.executor, job.start, job.deadline = executor, None, None
+            else:  # first submission: the watcher has seen no start for this job yet
+                job.executor = executor
             try:
                 future = self._submit_fn(executor, fn, *args)
             except concurrent.futures.BrokenExecutor:

@@ -292,3 +292,18 @@ def test_sigterm_under_load_answers_every_request_read(mode: str, start: Callabl
         for conn in conns:
             conn.close()
     assert process.proc.wait(WAIT_BOUND) == 0
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_sigterm_with_a_runaway_cpu_request_exits_once_it_times_out(
+    mode: str, start: Callable[..., ServerProcess]
+) -> None:
+    """The cpu timeout keeps watching during a graceful shutdown: a 60 s request does not hold the exit."""
+    process = start(mode, "--cpu-timeout", "2", "--shutdown-timeout", "30")
+    with process.connect() as conn, process.connect() as other:
+        conn.send("BURN", 60_000)
+        wait_for(lambda: info(other)["cpu_jobs_running"] == "1", "BURN running")
+        process.signal(signal.SIGTERM)
+        assert conn.read_reply() == ErrorReply(timeout_error("burn", 2))
+        assert conn.is_closed_by_server(timeout=WAIT_BOUND)
+    assert process.proc.wait(WAIT_BOUND) == 0
