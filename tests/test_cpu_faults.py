@@ -307,3 +307,21 @@ def test_sigterm_with_a_runaway_cpu_request_exits_once_it_times_out(
         assert conn.read_reply() == ErrorReply(timeout_error("burn", 2))
         assert conn.is_closed_by_server(timeout=WAIT_BOUND)
     assert process.proc.wait(WAIT_BOUND) == 0
+
+
+def test_replacing_a_broken_executor_from_many_threads_at_once_replaces_it_once() -> None:
+    """Every callback of a broken executor may call replace_broken at the same moment: one replacement."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from server.pool import CpuPool
+
+    pool = CpuPool(1)
+    try:
+        broken = pool.executor
+        with ThreadPoolExecutor(8) as threads:
+            outcomes = list(threads.map(lambda _: pool.replace_broken(broken), range(8)))
+        assert outcomes.count(True) == 1 and pool.restarts == 1
+        assert pool.executor is not broken
+        assert pool.executor.submit(pow, 2, 10).result(timeout=WAIT_BOUND) == 1024  # the replacement works
+    finally:
+        pool.shutdown()
