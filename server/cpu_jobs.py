@@ -263,10 +263,10 @@ class CpuJobs:
     # -- submission and outcomes -------------------------------------------------------------------
     def _submit(self, job: Job) -> None:
         pool = self.pool
-        for _attempt in range(MAX_RESUBMITS + 1):
+        for attempt in range(MAX_RESUBMITS + 1):
             executor = pool.executor
             fn, args = pool.job_call(job.id, job.slot, job.action.func, job.action.args)
-            if job.resubmits or _attempt:  # the watcher may hold a start from the previous executor
+            if job.resubmits or attempt:  # the watcher may hold a start from the previous executor
                 with self._lock:
                     job.executor, job.start, job.deadline = executor, None, None
             else:  # first submission: the watcher has seen no start for this job yet
