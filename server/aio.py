@@ -24,13 +24,13 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
 from server import security, tls
 from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep, registry
 from server.config import Config
+from server.cpu_jobs import CpuJobs
 from server.limits import (
     EXPIRE_SWEEP_INTERVAL,
     LISTEN_BACKLOG,
@@ -38,7 +38,7 @@ from server.limits import (
     READ_CHUNK_SIZE,
     WRITE_BUFFER_HIGH_WATER,
 )
-from server.pool import BrokenProcessPool, CpuPool, cpu_failure_reply, cpu_reply, run_cpu, start_pool
+from server.pool import CpuPool, cpu_reply, run_cpu, start_pool
 from server.protocol import RequestParser, encode_error, encode_reply
 from server.state import ClientState, ServerState, format_address
 
@@ -284,6 +284,8 @@ class AsyncServer:
         self.state = ServerState(config, thread_safe=False)
         self.dispatcher = Dispatcher(command_registry, self.state)
         self.pool: CpuPool | None = None
+        #: The cpu-job policy on the pool (backlog bound, timeouts, failures); None with --cpu inline.
+        self.cpu_jobs: CpuJobs | None = None
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[Connection] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -298,6 +300,7 @@ class AsyncServer:
             self.pool = await asyncio.to_thread(start_pool, config)
             self.state.pool_size = config.workers
             self.state.pool = self.pool
+            self.state.cpu_jobs = self.cpu_jobs = self._start_cpu_jobs(self.pool)
         else:
             log.warning(
                 "cpu_inline_blocks_loop",
@@ -356,7 +359,9 @@ class AsyncServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
         if self.pool is not None:
-            await asyncio.to_thread(self.pool.shutdown)
+            await asyncio.to_thread(self.pool.shutdown)  # the cpu timeout still applies while it waits
+        if self.cpu_jobs is not None:
+            self.cpu_jobs.close()
         log.info("stopped")
 
     def _accept(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -393,13 +398,26 @@ class AsyncServer:
             keyspace.sweep_expired()
 
     # -- cpu commands ----------------------------------------------------------------------
+    def _start_cpu_jobs(self, pool: CpuPool) -> CpuJobs:
+        """The shared cpu-job policy, submitting through ``loop.run_in_executor`` and acting on the loop."""
+        loop = asyncio.get_running_loop()
+        return CpuJobs(
+            pool,
+            queue_limit=self.config.effective_cpu_queue_limit,
+            timeout=self.config.cpu_timeout,
+            submit=loop.run_in_executor,
+            call_soon=loop.call_soon_threadsafe,
+        )
+
     def run_cpu(self, action: RunCpu, client_id: int) -> asyncio.Future[bytes]:
         """Run a cpu command (pool or inline) and return a future of its reply bytes; it never fails.
 
-        Error handling: a worker that dies breaks the executor; the pool is
-        replaced and this request (and any other in flight on the broken
-        executor) is answered with an error reply. A request whose client has
-        gone away is dropped quietly when its result arrives.
+        With the pool, :class:`~server.cpu_jobs.CpuJobs` decides: ``-BUSY`` at
+        once when the backlog is full, an error reply for a timeout or a
+        worker that died under the request, the reply otherwise.
+
+        Error handling: a cancelled reply future (its client has gone) tells
+        the policy to drop the job's reply quietly when it comes.
         """
         loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
@@ -410,31 +428,18 @@ class AsyncServer:
             if not reply.done():
                 reply.set_result(data)
 
-        pool = self.pool
-        if pool is None:
+        jobs = self.cpu_jobs
+        if jobs is None:
             finish(cpu_reply(run_cpu(action.func, action.args)))
             return reply
-        executor = pool.executor
-        try:
-            job = loop.run_in_executor(executor, run_cpu, action.func, action.args)
-        except BrokenProcessPool as exc:
-            pool.replace_broken(executor)
-            finish(cpu_failure_reply(exc))
-            return reply
+        job = jobs.start(action, finish, client_id)
+        if job is not None:
 
-        def on_done(job_future: asyncio.Future[tuple[int, Any]]) -> None:
-            if job_future.cancelled():  # its executor was shut down (replaced after a crash, or stopping)
-                finish(cpu_failure_reply(BrokenProcessPool()))
-                return
-            error = job_future.exception()
-            if error is None:
-                finish(cpu_reply(job_future.result()))
-                return
-            if isinstance(error, BrokenProcessPool):
-                pool.replace_broken(executor)
-            finish(cpu_failure_reply(error))
+            def on_reply_done(done: asyncio.Future[bytes]) -> None:
+                if done.cancelled():  # the connection closed before its reply
+                    jobs.abandon(job)
 
-        job.add_done_callback(on_done)
+            reply.add_done_callback(on_reply_done)
         return reply
 
 

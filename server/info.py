@@ -81,14 +81,20 @@ def _cpu(state: ServerState) -> dict[str, object]:
 def _crossdock(state: ServerState) -> dict[str, object]:
     config = state.config
     pool = state.pool
-    return {
+    fields: dict[str, object] = {
         "mode": config.mode,
         "cpu": config.cpu,
         "pool_workers": state.pool_size,
         "pool_start_method": config.start_method if pool is not None else "none",
         "pool_restarts": pool.restarts if pool is not None else 0,
-        "keyspace_scope": "per-instance",
+        "pool_worker_pids": ",".join(map(str, sorted(pool.worker_pids()))) if pool is not None else "",
+        "cpu_queue_limit": config.effective_cpu_queue_limit,
+        "cpu_timeout": f"{config.cpu_timeout:g}",
     }
+    if state.cpu_jobs is not None:
+        fields.update(state.cpu_jobs.info())
+    fields["keyspace_scope"] = "per-instance"
+    return fields
 
 
 def _keyspace(state: ServerState) -> dict[str, object]:

@@ -20,6 +20,7 @@ from server.commands.keyspace import Keyspace
 
 if TYPE_CHECKING:
     from server.config import Config
+    from server.cpu_jobs import CpuJobs
     from server.pool import CpuPool
 
 
@@ -86,6 +87,8 @@ class ServerState:
         self.pool_size: int = 0
         #: The cpu pool, when there is one (INFO reports its restarts).
         self.pool: CpuPool | None = None
+        #: The cpu-job policy on that pool (INFO reports its backlog, rejections and timeouts).
+        self.cpu_jobs: CpuJobs | None = None
         self.process_id = os.getpid()
         self.run_id = os.urandom(20).hex()
 

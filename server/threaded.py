@@ -17,7 +17,7 @@ import socketserver
 import ssl
 import threading
 import time
-from concurrent.futures import CancelledError
+from concurrent.futures import Future
 from typing import Any
 
 import structlog
@@ -25,8 +25,9 @@ import structlog
 from server import security, tls
 from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep, registry
 from server.config import Config
+from server.cpu_jobs import CpuJobs, call_directly, threaded_submit
 from server.limits import EXPIRE_SWEEP_INTERVAL, LISTEN_BACKLOG, READ_CHUNK_SIZE
-from server.pool import BrokenProcessPool, CpuPool, cpu_failure_reply, cpu_reply, run_cpu, start_pool
+from server.pool import CpuPool, cpu_reply, run_cpu, start_pool
 from server.protocol import RequestParser, encode_reply
 from server.state import ServerState, format_address
 
@@ -61,6 +62,8 @@ class ThreadedServer:
         self.state = ServerState(config, thread_safe=True)
         self.dispatcher = Dispatcher(command_registry, self.state)
         self.pool: CpuPool | None = None
+        #: The cpu-job policy on the pool (backlog bound, timeouts, failures); None with --cpu inline.
+        self.cpu_jobs: CpuJobs | None = None
         self._tcp: _TCPServer | None = None
         self._serve_thread: threading.Thread | None = None
         self._connections: dict[socket.socket, threading.Thread] = {}
@@ -76,6 +79,13 @@ class ThreadedServer:
             self.pool = start_pool(config)
             self.state.pool_size = config.workers
             self.state.pool = self.pool
+            self.state.cpu_jobs = self.cpu_jobs = CpuJobs(
+                self.pool,
+                queue_limit=config.effective_cpu_queue_limit,
+                timeout=config.cpu_timeout,
+                submit=threaded_submit,
+                call_soon=call_directly,
+            )
         self._tcp = _TCPServer((config.host, config.port), self)
         self.state.bound_port = self._tcp.server_address[1]
         self._serve_thread = threading.Thread(
@@ -129,7 +139,9 @@ class ThreadedServer:
                 with contextlib.suppress(OSError):
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
         if self.pool is not None:
-            self.pool.shutdown()
+            self.pool.shutdown()  # the cpu timeout still applies while it waits
+        if self.cpu_jobs is not None:
+            self.cpu_jobs.close()
         log.info("stopped")
 
     def _sweep_expired(self) -> None:
@@ -218,15 +230,14 @@ class ThreadedServer:
             time.sleep(action.seconds)
             return encode_reply(action.reply)
         started = time.perf_counter_ns()
-        if self.pool is None:
+        if self.cpu_jobs is None:
             reply = cpu_reply(run_cpu(action.func, action.args))
         else:
-            executor = self.pool.executor
-            try:
-                reply = cpu_reply(executor.submit(run_cpu, action.func, action.args).result())
-            except (BrokenProcessPool, CancelledError) as exc:
-                self.pool.replace_broken(executor)
-                reply = cpu_failure_reply(exc)
+            # The policy answers every admitted job exactly once (its reply, BUSY, a timeout or a
+            # worker failure), so this wait always ends; the timeout is enforced by the policy.
+            answer: Future[bytes] = Future()
+            self.cpu_jobs.start(action, answer.set_result, client_id)
+            reply = answer.result()
         self.dispatcher.note_if_slow(action.name, started, client_id)
         return reply
 
