@@ -24,6 +24,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -40,6 +41,19 @@ from server.limits import (
 )
 from server.pool import CpuPool, cpu_reply, run_cpu, start_pool
 from server.protocol import RequestParser, encode_error, encode_reply
+from server.resources import (
+    MAXCLIENTS_ERROR,
+    OUTPUT_BUFFER,
+    QUERY_BUFFER,
+    WRITE_TIMEOUT,
+    RateLimitedLog,
+    StartupError,
+    adjust_open_files_limit,
+    clients_cron_interval,
+    deadline_passed,
+    descriptors_exhausted,
+    note_limit_close,
+)
 from server.state import ClientState, ServerState, format_address
 
 log = structlog.get_logger("crossdock.aio")
@@ -67,6 +81,7 @@ class Connection(asyncio.Protocol):
         "_closed",
         "_closed_waiter",
         "_out",
+        "_out_bytes",
         "_paused_for_queue",
         "_paused_for_writes",
         "_pending",
@@ -95,6 +110,9 @@ class Connection(asyncio.Protocol):
         self.parser = RequestParser(max_bulk_length=server.config.max_bulk_length)
         #: Replies ready to go out in the next write.
         self._out: list[bytes] = []
+        #: Reply bytes held here and not yet handed to the transport (``_out`` and the bytes in ``_pending``):
+        #: with the transport's buffer, what --output-buffer-limit bounds.
+        self._out_bytes = 0
         #: Replies waiting behind an unfinished future, in request order (bytes or futures).
         #: A list, not a deque: an empty deque allocates a 64-slot block (~600 bytes per idle connection),
         #: and released heads are dropped in one slice per batch, so pops stay cheap.
@@ -115,13 +133,20 @@ class Connection(asyncio.Protocol):
         """Parse every request in ``data``, answer what can be answered now, write once."""
         if self._reading_done:
             return
+        served = False
         try:
             for result in self.dispatcher.run_chunk(self.ctx, self.parser, data):
+                served = True
                 if isinstance(result, bytes):
                     if self._pending:
                         self._pending.append(result)
                     else:
                         self._out.append(result)
+                    self._out_bytes += len(result)
+                    if self._out_bytes >= WRITE_BUFFER_HIGH_WATER:  # a pipeline of large replies: write early
+                        self._write_out()
+                        if self._over_output_limit():
+                            return
                 else:
                     self._start_action(result)
             self._write_out()
@@ -129,6 +154,13 @@ class Connection(asyncio.Protocol):
             log.warning("connection_failed", client_id=self.client.id, exc_info=True)
             self.transport.abort()
             return
+        if self._over_output_limit():
+            return
+        buffered = self.parser.buffered
+        if buffered:
+            self._note_partial_request(buffered, served)
+        elif self.client.request_started:
+            self.client.request_started = 0.0
         if self.client.close_requested:
             self._stop_reading()
         elif len(self._pending) >= MAX_PENDING_REPLIES_PER_CLIENT and not self._paused_for_queue:
@@ -142,10 +174,14 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._paused_for_writes = True
+        if not self.client.output_since:  # the write deadline runs from here (server.resources)
+            self.client.output_since = time.monotonic()
         self._update_reading()
 
     def resume_writing(self) -> None:
         self._paused_for_writes = False
+        self.client.output_since = 0.0
+        self.client.last_interaction = time.monotonic()  # as Redis: a write the client took is interaction
         self._update_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -172,7 +208,9 @@ class Connection(asyncio.Protocol):
         else:
             future = self.server.run_cpu(action, self.client.id)
             if future.done() and not self._pending:  # --cpu inline: the reply is already here
-                self._out.append(future.result())
+                reply = future.result()
+                self._out_bytes += len(reply)
+                self._out.append(reply)
                 return
         self._pending.append(future)
         future.add_done_callback(self._on_future_done)
@@ -182,6 +220,10 @@ class Connection(asyncio.Protocol):
             return
         self._release_ready()
         self._write_out()
+        if self._over_output_limit():
+            return
+        # The idle deadline counts from the reply, not from the request that waited on us (Redis does the same).
+        self.client.last_interaction = time.monotonic()
         if self._paused_for_queue and len(self._pending) < MAX_PENDING_REPLIES_PER_CLIENT:
             self._paused_for_queue = False
             self._update_reading()
@@ -196,7 +238,9 @@ class Connection(asyncio.Protocol):
             if isinstance(head, bytes):
                 out.append(head)
             elif head.done():
-                out.append(_future_reply(head))
+                reply = _future_reply(head)
+                self._out_bytes += len(reply)
+                out.append(reply)
             else:
                 break
             ready += 1
@@ -210,8 +254,52 @@ class Connection(asyncio.Protocol):
         out.clear()
         if self._closed:
             return
+        self._out_bytes -= len(data)
         self.stats.total_net_output_bytes += len(data)
         self.transport.write(data)
+
+    def _over_output_limit(self) -> bool:
+        """True when this connection is closed, or is now closed for holding too many unsent reply bytes."""
+        if self._closed:
+            return True
+        unsent = self._out_bytes + self.transport.get_write_buffer_size()
+        limit = self.server.config.output_buffer_limit
+        if unsent <= limit:
+            return False
+        self.close_for(OUTPUT_BUFFER, unsent=unsent, limit=limit)
+        return True
+
+    # -- limits ------------------------------------------------------------------------------
+    def _note_partial_request(self, buffered: int, served: bool) -> None:
+        """The parser holds part of a request: enforce the query buffer cap, start its request deadline."""
+        limit = self.server.config.query_buffer_limit
+        if buffered > limit:
+            self.close_for(QUERY_BUFFER, buffered=buffered, limit=limit)
+        elif served or not self.client.request_started:
+            self.client.request_started = time.monotonic()
+
+    def waiting_on_peer(self) -> bool:
+        """No request of this client is executing and its replies are not held back: only the peer can act."""
+        return not self._pending and not self._paused_for_writes and not self._reading_done
+
+    def close_for(self, reason: str, **detail: Any) -> None:
+        """Close this client because it passed a limit: count and log once, no reply.
+
+        A write-side limit (output buffer, write timeout) aborts: queued
+        replies are dropped with the transport's buffer at once. A read-side
+        one (idle, request deadline, query buffer) closes: nothing is queued.
+        """
+        if self._closed:
+            return
+        note_limit_close(self.client, reason, self.stats, **detail)
+        self._reading_done = True
+        if reason in (OUTPUT_BUFFER, WRITE_TIMEOUT):
+            self._closed = True  # stop queueing now; connection_lost releases the rest
+            self._out.clear()
+            self._out_bytes = 0
+            self.transport.abort()
+        else:
+            self.transport.close()
 
     # -- reading control -------------------------------------------------------------------
     def _update_reading(self) -> None:
@@ -289,11 +377,21 @@ class AsyncServer:
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[Connection] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._cron: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
+        self._maxclients_log = RateLimitedLog("maxclients_reached")
+        self._descriptors_log = RateLimitedLog("descriptors_exhausted")
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the pool (pre-warmed) and begin accepting. Logs ``started`` with the bound port."""
+        """Size the descriptor table, start the pool (pre-warmed), begin accepting. Logs ``started``.
+
+        Error handling: a descriptor limit too low for the server itself
+        raises :class:`~server.resources.StartupError` before anything starts.
+        """
+        files = adjust_open_files_limit(self.config)
+        if files.maxclients != self.config.maxclients:
+            self.config = self.state.config = self.config.with_overrides(maxclients=files.maxclients)
         config = self.config
         ssl_context = tls.server_context_or_exit(config)  # a bad certificate stops start-up before the pool
         if config.cpu == "pool":
@@ -318,6 +416,7 @@ class AsyncServer:
         sockets = self._server.sockets or ()
         self.state.bound_port = sockets[0].getsockname()[1] if sockets else config.port
         self._sweeper = asyncio.create_task(self._sweep_expired())
+        self._cron = asyncio.create_task(self._clients_cron(clients_cron_interval(config)))
         log.info(
             "started",
             mode="async",
@@ -325,6 +424,7 @@ class AsyncServer:
             host=config.host,
             port=self.state.bound_port,
             workers=self.state.pool_size,
+            maxclients=config.maxclients,
             loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
             tls=ssl_context is not None,
         )
@@ -344,6 +444,8 @@ class AsyncServer:
             self._server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._cron is not None:
+            self._cron.cancel()
         connections = list(self._connections)
         for connection in connections:
             connection.stop_reading()
@@ -375,6 +477,12 @@ class AsyncServer:
         if self.stopping.is_set():
             transport.close()
             return
+        if len(self._connections) >= self.config.maxclients:
+            self.state.stats.rejected_connections += 1
+            transport.write(MAXCLIENTS_ERROR)
+            transport.close()
+            self._maxclients_log.note(maxclients=self.config.maxclients)
+            return
         # uvloop's TCPTransport implements asyncio.Transport without subclassing it, so no isinstance check.
         writer.__class__ = _ReleasedStreamWriter
         refusal = security.protected_mode_refusal(self.config, transport.get_extra_info("peername"))
@@ -390,6 +498,28 @@ class AsyncServer:
     def forget(self, connection: Connection) -> None:
         """A connection is gone (called from its ``connection_lost``)."""
         self._connections.discard(connection)
+
+    async def _clients_cron(self, interval: float) -> None:
+        """Every ``interval`` seconds: close clients past a deadline; say so when descriptors ran out.
+
+        uvloop survives EMFILE on accept without help (libuv's spare
+        descriptor trick: waiting connections are accepted and closed at
+        once, nothing spins, nothing is logged), so the descriptor check here
+        exists only to tell the operator, at most once per interval.
+        """
+        config = self.config
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for connection in list(self._connections):
+                reason = deadline_passed(config, connection.client, now, reading=connection.waiting_on_peer())
+                if reason is not None:
+                    connection.close_for(reason)
+            if descriptors_exhausted():
+                self.state.stats.accept_resource_errors += 1
+                self._descriptors_log.note(
+                    connections=len(self._connections), detail="uvloop closes new connections until one frees up"
+                )
 
     async def _sweep_expired(self) -> None:
         keyspace = self.state.keyspace
@@ -475,5 +605,9 @@ def run(config: Config) -> int:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve_async(config))
+        try:
+            runner.run(serve_async(config))
+        except StartupError as exc:
+            log.error("startup_failed", error=str(exc))
+            return 1
     return 0

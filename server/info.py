@@ -13,7 +13,7 @@ from server.commands.builtins import REDIS_COMPAT_VERSION
 from server.state import ServerState
 
 #: Sections printed by a bare INFO / INFO default, in this order (as Redis orders its own).
-DEFAULT_SECTIONS = ("server", "clients", "memory", "stats", "cpu", "crossdock", "keyspace")
+DEFAULT_SECTIONS = ("server", "clients", "memory", "stats", "cpu", "crossdock", "limits", "keyspace")
 
 
 def _rss_bytes() -> int:
@@ -44,7 +44,12 @@ def _server(state: ServerState) -> dict[str, object]:
 
 
 def _clients(state: ServerState) -> dict[str, object]:
-    return {"connected_clients": len(state.clients), "blocked_clients": 0, "tracking_clients": 0}
+    return {
+        "connected_clients": len(state.clients),
+        "maxclients": state.config.maxclients,
+        "blocked_clients": 0,
+        "tracking_clients": 0,
+    }
 
 
 def _memory(state: ServerState) -> dict[str, object]:
@@ -60,6 +65,12 @@ def _stats(state: ServerState) -> dict[str, object]:
         "total_net_input_bytes": stats.total_net_input_bytes,
         "total_net_output_bytes": stats.total_net_output_bytes,
         "rejected_connections": stats.rejected_connections,
+        "client_query_buffer_limit_disconnections": stats.client_query_buffer_limit_disconnections,
+        "client_output_buffer_limit_disconnections": stats.client_output_buffer_limit_disconnections,
+        "client_idle_timeout_disconnections": stats.client_idle_timeout_disconnections,
+        "client_request_timeout_disconnections": stats.client_request_timeout_disconnections,
+        "client_write_timeout_disconnections": stats.client_write_timeout_disconnections,
+        "accept_resource_errors": stats.accept_resource_errors,
         "expired_keys": state.keyspace.expired_keys,
         "total_error_replies": stats.total_error_replies,
         "total_cpu_commands": stats.total_cpu_commands,
@@ -97,6 +108,30 @@ def _crossdock(state: ServerState) -> dict[str, object]:
     return fields
 
 
+def _limits(state: ServerState) -> dict[str, object]:
+    """The per-connection limits in force (0 = off for the timeouts); maxclients after start-up adjustment."""
+    config = state.config
+    return {
+        "maxclients": config.maxclients,
+        "idle_timeout": _seconds(config.idle_timeout),
+        "request_timeout": _seconds(config.request_timeout),
+        "write_timeout": _seconds(config.write_timeout),
+        "query_buffer_limit": config.query_buffer_limit,
+        "output_buffer_limit": config.output_buffer_limit,
+        "max_bulk_length": config.max_bulk_length,
+        "open_files_limit": _open_files_limit(),
+    }
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}"
+
+
+def _open_files_limit() -> int:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return -1 if soft == resource.RLIM_INFINITY else soft
+
+
 def _keyspace(state: ServerState) -> dict[str, object]:
     keys = state.keyspace.size()
     if not keys:
@@ -111,6 +146,7 @@ _SECTIONS: dict[str, Callable[[ServerState], dict[str, object]]] = {
     "stats": _stats,
     "cpu": _cpu,
     "crossdock": _crossdock,
+    "limits": _limits,
     "keyspace": _keyspace,
 }
 
@@ -146,7 +182,12 @@ def config_parameters(state: ServerState) -> dict[str, str]:
         "save": "",
         "appendonly": "no",
         "databases": "1",
-        "timeout": "0",
+        "timeout": _seconds(config.idle_timeout),
+        "maxclients": str(config.maxclients),
+        "client-query-buffer-limit": str(config.query_buffer_limit),
+        "client-output-buffer-limit": f"normal {config.output_buffer_limit} 0 0",
+        "crossdock-request-timeout": _seconds(config.request_timeout),
+        "crossdock-write-timeout": _seconds(config.write_timeout),
         "maxmemory": "0",
         "proto-max-bulk-len": str(config.max_bulk_length),
         "slowlog-log-slower-than": str(int(config.slowlog_threshold_ms * 1000)),

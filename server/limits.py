@@ -31,3 +31,33 @@ EXPIRE_SWEEP_INTERVAL = 0.1
 #: open thousands of sockets at once; 4096 is Linux's default somaxconn
 #: (the kernel clips a larger value to it), Redis's own default is 511.
 LISTEN_BACKLOG = 4096
+
+# -- connection limits and descriptor exhaustion (issue 5) ----------------------------------------------------------
+
+#: Descriptors kept free beyond one per client when the open-file limit is sized for maxclients. 32 is Redis's
+#: CONFIG_MIN_RESERVED_FDS; here it covers what the server opens for itself (std streams, the event loop's epoll,
+#: eventfd and io_uring, the listening socket, the process pool's queues and the forkserver: 24 measured with
+#: one worker, see docs/robustness.md).
+RESERVED_FDS = 32
+
+#: Further descriptors the process pool holds per worker (its result pipe and sentinel; measured: 26 fds with
+#: one worker, 32 with four).
+FDS_PER_POOL_WORKER = 2
+
+#: Seconds the threaded accept loop waits after accept() fails for lack of descriptors or memory before trying
+#: again: Trio's figure. Short enough that a freed descriptor is used within a blink, long enough that the
+#: loop costs nothing while the table stays full.
+ACCEPT_RETRY_DELAY = 0.1
+
+#: Seconds between two log lines about the same resource fault (descriptors exhausted, maxclients reached):
+#: a fault that lasts an hour writes at most 360 lines, not one per failed accept.
+RESOURCE_LOG_INTERVAL = 10.0
+
+#: Longest pause between two passes of the clients cron (idle, request and write deadlines). The actual
+#: interval is a quarter of the smallest timeout in force, capped here, so a deadline is enforced at most 25 %
+#: late and a server with 10,000 clients walks its client table at most once a second.
+CLIENTS_CRON_MAX_INTERVAL = 1.0
+
+#: Shortest pause between two passes of the clients cron, whatever the timeouts (sub-second timeouts are for
+#: tests; the walk over every client must not become a busy loop).
+CLIENTS_CRON_MIN_INTERVAL = 0.05

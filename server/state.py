@@ -36,6 +36,15 @@ class Stats:
     total_net_input_bytes: int = 0
     total_net_output_bytes: int = 0
     slow_commands: int = 0
+    # Clients closed by a limit, by reason (server.resources; the two buffer ones are Redis 7.2's names).
+    client_idle_timeout_disconnections: int = 0
+    client_request_timeout_disconnections: int = 0
+    client_write_timeout_disconnections: int = 0
+    client_query_buffer_limit_disconnections: int = 0
+    client_output_buffer_limit_disconnections: int = 0
+    #: accept() calls that failed for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) under
+    #: threads; under uvloop, which handles those itself, clients cron passes that found the descriptor table full.
+    accept_resource_errors: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -57,6 +66,11 @@ class ClientState:
     close_requested: bool = False
     #: False until AUTH succeeds when a password is set (always True without one): see server.commands.auth.
     authenticated: bool = True
+    # Deadlines the clients cron checks (server.resources.deadline_passed); monotonic seconds, 0.0 = none.
+    #: When the first byte of a request not yet complete arrived (the parser holds part of it).
+    request_started: float = 0.0
+    #: Since when replies have been waiting for the client to take them (set only when a write could not finish).
+    output_since: float = 0.0
 
     def describe(self) -> str:
         """This client as one CLIENT LIST line (Redis's field names, the subset that applies here)."""

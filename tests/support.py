@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -33,10 +35,21 @@ MODES: list[tuple[str, str]] = [
 ]
 
 
+_NOFILE = resource.RLIMIT_NOFILE
+
+
 class ServerProcess:
     """``python -m server serve`` on 127.0.0.1 and a free port, with its JSON log lines collected."""
 
-    def __init__(self, mode: str, cpu: str, extra: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        mode: str,
+        cpu: str,
+        extra: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        nofile: tuple[int, int] | None = None,
+    ) -> None:
+        """``nofile``: (soft, hard) RLIMIT_NOFILE for the server process, to test descriptor limits."""
         self.mode, self.cpu = mode, cpu
         command = [
             sys.executable, "-m", "server", "serve",
@@ -52,6 +65,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
+            preexec_fn=None if nofile is None else functools.partial(resource.setrlimit, _NOFILE, nofile),
         )
         self.lines: list[dict[str, object]] = []
         self.raw_lines: list[str] = []
