@@ -7,15 +7,17 @@ bounds are generous (a loaded CI machine), never a latency claim.
 from __future__ import annotations
 
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from server.limits import RESERVED_FDS
-from server.protocol import SimpleString
+from server.protocol import SimpleString, encode_command
 from tests.support import ROOT, RespSocket, ServerProcess
 
 FRONT_ENDS = ["async", "threaded"]
@@ -305,4 +307,37 @@ def test_replies_held_behind_a_slow_request_count_toward_the_output_cap(start: S
         assert wait_until(lambda: _closes(control) > 0), "the client was not disconnected while its SLEEP ran"
         assert info(control, "stats")["client_output_buffer_limit_disconnections"] == "1"
         assert control.call("PING") == SimpleString("PONG")
+        greedy.close()
+
+
+def test_non_reading_tls_client_is_cut_off_too(start: StartServer, tmp_path: Path) -> None:
+    """Over TLS the output limits hold as well (the threaded front end's TLS writes always block)."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    server = start("--tls-cert", str(cert_path), "--tls-key", str(key_path), "--write-timeout", "1")
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+
+    def tls_connect(rcvbuf: int = 0) -> ssl.SSLSocket:
+        return context.wrap_socket(raw_connect(server, rcvbuf), server_hostname="127.0.0.1")
+
+    with tls_connect() as control:
+        control.sendall(encode_command("SET", "big", b"v" * 100_000))
+        assert control.recv(5) == b"+OK\r\n"
+        greedy = tls_connect(rcvbuf=4096)
+        greedy.sendall(b"GET big\r\n" * 200)  # 20 MB of replies, below the 32 MiB cap
+
+        def closed_for_output() -> bool:
+            control.sendall(b"INFO stats\r\n")
+            time.sleep(0.05)
+            text = control.recv(1 << 20)
+            return b"client_write_timeout_disconnections:1" in text or (
+                b"client_output_buffer_limit_disconnections:1" in text
+            )
+
+        assert wait_until(closed_for_output), "the non-reading TLS client was never disconnected"
         greedy.close()
