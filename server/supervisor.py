@@ -277,7 +277,7 @@ class Supervisor:
             Instance(index=i, workers=w) for i, w in enumerate(worker_shares(config.workers, config.reuseport))
         ]
         self.port = 0
-        self._first_signal = signal.SIGTERM
+        self._first_signal: int = signal.SIGTERM
         self._wake_r, self._wake_w = socket.socketpair()
 
     # -- processes --------------------------------------------------------------------------
@@ -382,20 +382,27 @@ class Supervisor:
                 return 0
             now = time.monotonic()
             for instance in self.instances:
-                if instance.proc is not None:
-                    code = instance.proc.poll()
-                    if code is not None and not self._on_exit(instance, code):
-                        return 1
-                    if instance.proc is not None and not instance.ready and is_listening(instance.pid, self.port):
-                        instance.ready = True
-                        log.info("instance_restarted", instance=instance.index, pid=instance.pid)
-                    elif instance.proc is not None and not instance.ready:
-                        if now - instance.started_at > CHILD_START_TIMEOUT:
-                            log.error("instance_start_timeout", instance=instance.index, pid=instance.pid)
-                            instance.proc.kill()
-                elif instance.restart_at is not None and now >= instance.restart_at:
-                    instance.restarts += 1
-                    self._spawn(instance)
+                if not self._check(instance, now):
+                    return 1
+
+    def _check(self, instance: Instance, now: float) -> bool:
+        """One look at one slot: note an exit, a restarted child listening, a due restart. False on a crash loop."""
+        if instance.proc is None:
+            if instance.restart_at is not None and now >= instance.restart_at:
+                instance.restarts += 1
+                self._spawn(instance)
+            return True
+        code = instance.proc.poll()
+        if code is not None:
+            return self._on_exit(instance, code)
+        if not instance.ready:
+            if is_listening(instance.pid, self.port):
+                instance.ready = True
+                log.info("instance_restarted", instance=instance.index, pid=instance.pid, restarts=instance.restarts)
+            elif now - instance.started_at > CHILD_START_TIMEOUT:
+                log.error("instance_start_timeout", instance=instance.index, pid=instance.pid)
+                instance.proc.kill()  # seen as an exit on the next look: restarted with the back-off
+        return True
 
     def _stop_all(self, signum: int) -> int:
         """Forward ``signum`` to every child and wait; a second signal is forwarded too. The exit status."""
