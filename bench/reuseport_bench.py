@@ -126,14 +126,26 @@ def main() -> int:
                 finally:
                     stop_server(proc)
 
-    print(f"\n| workload | --reuseport 1 (median) | --reuseport {args.instances} (median) | ratio |")
-    print("| --- | ---: | ---: | ---: |")
+    n = args.instances
+    print(f"\n| workload | --reuseport 1: median (min-max) | --reuseport {n}: median (min-max) | ratio of medians "
+          "| median of per-round ratios |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: |")
     summary = {}
     for workload in workloads:
-        one = statistics.median(results[workload][1])
-        many = statistics.median(results[workload][args.instances])
-        summary[workload] = {"one": one, "many": many, "ratio": many / one, "runs": results[workload]}
-        print(f"| {workload} | {one:,.0f}/s | {many:,.0f}/s | {many / one:.2f} |")
+        ones, manys = results[workload][1], results[workload][n]
+        one, many = statistics.median(ones), statistics.median(manys)
+        paired = statistics.median(b / a for a, b in zip(ones, manys, strict=True))
+        summary[workload] = {
+            "one": one,
+            "many": many,
+            "ratio": many / one,
+            "paired_ratio": paired,
+            "runs": results[workload],
+        }
+        print(
+            f"| {workload} | {one:,.0f}/s ({min(ones):,.0f}-{max(ones):,.0f}) "
+            f"| {many:,.0f}/s ({min(manys):,.0f}-{max(manys):,.0f}) | {many / one:.2f} | {paired:.2f} |"
+        )
     print(f"\nloadavg at the end: {Path('/proc/loadavg').read_text().strip()}")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary}))

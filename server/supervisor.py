@@ -360,9 +360,7 @@ class Supervisor:
                 window_seconds=CRASH_LOOP_WINDOW,
             )
             return False
-        log.warning(
-            "instance_exited", instance=instance.index, pid=instance.pid, exited=how, restart_in_seconds=delay
-        )
+        log.warning("instance_exited", instance=instance.index, pid=instance.pid, exited=how, restart_in_seconds=delay)
         instance.proc = None
         instance.ready = False
         instance.restart_at = now + delay
