@@ -278,7 +278,7 @@ class Supervisor:
         ]
         self.port = 0
         self._first_signal: int = signal.SIGTERM
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r: socket.socket | None = None
 
     # -- processes --------------------------------------------------------------------------
     def _spawn(self, instance: Instance) -> None:
@@ -294,20 +294,37 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     instance.proc.send_signal(signum)
 
+    @staticmethod
+    def _kill_leftovers(pid: int) -> None:
+        """SIGKILL what is left in a dead child's process group: its pool's forkserver, workers, resource tracker.
+
+        A child killed outright (SIGKILL, OOM killer) does not shut its pool down, and those processes do not
+        notice on their own; every crash would leak them. The group id is the child's pid (it was started with
+        ``process_group=0``), and Linux hands out no new pid equal to a live group's id, so this reaches only
+        that child's descendants.
+        """
+        if pid <= 1:  # no process in the slot: killpg(0) would be our own group
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
     def _live(self) -> list[Instance]:
         return [i for i in self.instances if i.proc is not None and i.proc.poll() is None]
 
     # -- signals ----------------------------------------------------------------------------
     def _install_signals(self) -> None:
         """Handlers do nothing; the C-level handler writes the signal number to the wake-up socket."""
+        self._wake_r, wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        wake_w.setblocking(False)
+        self._wake_w = wake_w  # kept open for the process's life: the C handler writes to its fd
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
             signal.signal(signum, lambda _s, _f: None)
 
     def _wait(self, timeout: float) -> list[int]:
         """Sleep until a signal arrives or ``timeout`` passes; the signal numbers received."""
+        assert self._wake_r is not None, "signals are installed first"
         ready, _, _ = select.select([self._wake_r], [], [], max(0.0, timeout))
         received: list[int] = []
         if ready:
@@ -351,6 +368,7 @@ class Supervisor:
         delay = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF_INITIAL * 2 ** (instance.consecutive_crashes - 1))
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
         if len(instance.exits) > CRASH_LOOP_LIMIT:
+            self._kill_leftovers(instance.pid)
             log.error(
                 "instance_crash_loop",
                 instance=instance.index,
@@ -360,6 +378,7 @@ class Supervisor:
                 window_seconds=CRASH_LOOP_WINDOW,
             )
             return False
+        self._kill_leftovers(instance.pid)
         log.warning("instance_exited", instance=instance.index, pid=instance.pid, exited=how, restart_in_seconds=delay)
         instance.proc = None
         instance.ready = False
@@ -421,6 +440,7 @@ class Supervisor:
         for instance in self.instances:
             if instance.proc is not None:
                 code = instance.proc.wait()
+                self._kill_leftovers(instance.pid)
                 if code != 0:
                     status = 1
         return status

@@ -80,6 +80,26 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
+def _group_empty(pgid: int, timeout: float = 30.0) -> bool:
+    """True once no live process is in process group ``pgid`` (a child's group holds its pool processes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        members = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as stat:
+                        fields = stat.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    members.append(entry)
+        if not members:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 @pytest.fixture
 def group() -> Iterator[ServerProcess]:
     """``--reuseport 2`` on port 0, returned once the supervisor says every child listens."""
@@ -106,6 +126,8 @@ def test_children_share_the_port_and_a_killed_child_is_replaced(group: ServerPro
         assert conn.call("PING") == "PONG"
     for conn in by_pid[victim]:
         assert conn.is_closed_by_server()
+
+    assert _group_empty(victim)  # its pool's forkserver and workers did not outlive it
 
     restarted = _wait_event(group, "instance_restarted")
     new_pid = int(restarted["pid"])  # type: ignore[call-overload]
