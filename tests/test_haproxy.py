@@ -39,8 +39,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _stats(stats_socket: Path) -> dict[str, str]:
-    """HAProxy's ``show stat``: server name -> status (UP, DOWN, ...), for the crossdock backend's servers."""
+def _stats(stats_socket: Path) -> dict[str, dict[str, str]]:
+    """HAProxy's ``show stat`` for the crossdock backend's servers: server name -> its CSV fields by name."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(5)
         sock.connect(str(stats_socket))
@@ -48,8 +48,10 @@ def _stats(stats_socket: Path) -> dict[str, str]:
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
-    rows = [line.split(",") for line in data.decode().splitlines() if line and not line.startswith("#")]
-    return {row[1]: row[17] for row in rows if row[0] == "crossdock_instances" and row[1] != "BACKEND"}
+    lines = [line for line in data.decode().splitlines() if line]
+    header = lines[0].lstrip("# ").split(",")
+    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
+    return {row["svname"]: row for row in rows if row["pxname"] == "crossdock_instances" and row["svname"] != "BACKEND"}
 
 
 class HAProxy:
@@ -71,17 +73,27 @@ class HAProxy:
             [HAPROXY, "-db", "-f", str(CONFIG)], cwd=tmp, env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
 
-    def wait_all_up(self) -> None:
+    def wait_for(self, wanted: dict[str, str], check: str = "") -> dict[str, dict[str, str]]:
+        """Poll the stats socket until each named server has the wanted status (and its last check's status
+        starts with ``check``); bounded by HEALTH_WAIT. The stats last seen."""
         deadline = time.monotonic() + HEALTH_WAIT
-        status: dict[str, str] = {}
+        stats: dict[str, dict[str, str]] = {}
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, "haproxy exited"
             if self.stats_socket.exists():
-                status = _stats(self.stats_socket)
-                if status and all(value == "UP" for value in status.values()):
-                    return
+                stats = _stats(self.stats_socket)
+                rows = [stats.get(name, {}) for name in wanted]
+                if all(row.get("status") == wanted[name] for name, row in zip(wanted, rows, strict=True)) and all(
+                    row.get("check_status", "").startswith(check) for row in rows
+                ):
+                    return stats
             time.sleep(0.1)
-        raise AssertionError(f"haproxy never saw every instance up: {status}")
+        seen = {name: (row.get("status"), row.get("check_status")) for name, row in stats.items()}
+        raise AssertionError(f"haproxy never reached {wanted} {check}: {seen}")
+
+    def wait_all_up(self) -> None:
+        """Both servers UP by a passed check: L7OK means HAProxy's RESP check sent PING and got +PONG."""
+        self.wait_for({"crossdock1": "UP", "crossdock2": "UP"}, check="L7OK")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -152,3 +164,19 @@ def test_the_keyspace_is_per_instance_behind_haproxy(balanced: tuple[HAProxy, li
     assert _info(second, "crossdock")["keyspace_scope"] == "per-instance"
     for conn in clients:
         conn.close()
+
+
+def test_a_stopped_instance_is_taken_out_and_clients_reach_the_other(
+    balanced: tuple[HAProxy, list[ServerProcess]],
+) -> None:
+    proxy, instances = balanced
+    with RespSocket("127.0.0.1", instances[0].port) as direct:
+        survivor = int(_info(direct, "server")["process_id"])
+    assert instances[1].stop() == 0
+    # fall 3 failed checks at inter 2s; L4: the connection is refused, nobody listens there any more
+    proxy.wait_for({"crossdock1": "UP", "crossdock2": "DOWN"})
+    assert _stats(proxy.stats_socket)["crossdock2"]["check_status"].startswith("L4")
+    for _ in range(4):
+        with RespSocket("127.0.0.1", proxy.port) as conn:
+            assert int(_info(conn, "server")["process_id"]) == survivor
+            assert conn.call("PING") == "PONG"
