@@ -278,7 +278,9 @@ class Supervisor:
         ]
         self.port = 0
         self._first_signal: int = signal.SIGTERM
+        #: The signal wake-up socket pair (made by _install_signals): the C-level handler writes to the second.
         self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
 
     # -- processes --------------------------------------------------------------------------
     def _spawn(self, instance: Instance) -> None:
@@ -317,7 +319,7 @@ class Supervisor:
         self._wake_r, wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         wake_w.setblocking(False)
-        self._wake_w = wake_w  # kept open for the process's life: the C handler writes to its fd
+        self._wake_w = wake_w  # kept open for the process's life
         signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
             signal.signal(signum, lambda _s, _f: None)
