@@ -1,6 +1,6 @@
 """One front end against N (``crossdock serve --reuseport 1`` vs ``--reuseport N``), same total pool, same load.
 
-    .venv/bin/python bench/reuseport_bench.py                     # 5 rounds, N = 2, the figures of docs/benchmarks.md
+    .venv/bin/python bench/reuseport_bench.py --rounds 7          # N = 2: the figures of docs/benchmarks.md
     .venv/bin/python bench/reuseport_bench.py --rounds 9 --duration 15 --json out.json
 
 Each round starts a fresh server for every configuration, in alternating order (1, N then N, 1, ...), so drift
