@@ -49,8 +49,9 @@ refused (it is the legacy baseline kept for comparison), and so is any OS but
 Linux, where ``SO_REUSEPORT`` does not balance connections between listeners.
 
 Error handling: a child that exits before it is ready during start-up (bad
-module, port taken by another user's socket) stops the start: the others are
-stopped and the supervisor exits 1, since a retry would fail the same way. A
+TLS file, port taken by another user's socket) stops the start: the others are
+stopped and the supervisor exits with that child's status (1 if it was
+killed), since a retry would fail the same way. A
 child that does not become ready within :data:`CHILD_START_TIMEOUT` is treated
 the same. A child that outlives ``--shutdown-timeout`` plus
 :data:`CHILD_EXIT_GRACE` after the shutdown signal is killed and the exit
@@ -278,6 +279,9 @@ class Supervisor:
         ]
         self.port = 0
         self._first_signal: int = signal.SIGTERM
+        #: Exit status when a child could not start: the child's own (2 for a configuration error such as a bad
+        #: TLS file), so the supervisor fails the way a single server would.
+        self._start_failure = 1
         #: The signal wake-up socket pair (made by _install_signals): the C-level handler writes to the second.
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -352,6 +356,7 @@ class Supervisor:
                 code = instance.proc.poll()
                 if code is not None:
                     log.error("instance_failed_to_start", instance=instance.index, pid=instance.pid, exit_code=code)
+                    self._start_failure = code if code > 0 else 1
                     return "failed"
                 if is_listening(instance.pid, self.port):
                     instance.ready = True
@@ -481,7 +486,7 @@ class Supervisor:
                 status = self._stop_all(self._first_signal)
             else:
                 self._stop_all(signal.SIGTERM)
-                status = 1
+                status = self._start_failure
             log.info("stopped", exit_status=status)
             return status
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -218,6 +219,20 @@ def test_port_held_by_another_socket_fails_the_start() -> None:
         holder.close()
     assert result.returncode == 1
     assert '"event": "bind_failed"' in result.stdout
+
+
+def test_a_child_that_cannot_start_fails_the_start_with_its_status(tmp_path: Path) -> None:
+    """A configuration error only a child discovers (an unreadable TLS key) ends the supervisor as it ends a server."""
+    missing = str(tmp_path / "missing.pem")
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "serve", "--port", "0", "--reuseport", "2", "--log-format", "json",
+         "--tls-cert", missing, "--tls-key", missing],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert '"event": "tls_setup_failed"' in result.stdout
+    assert '"event": "instance_failed_to_start"' in result.stdout
+    assert '"event": "started"' not in result.stdout
 
 
 def test_workers_are_split_at_least_one_each() -> None:
