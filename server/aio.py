@@ -410,6 +410,7 @@ class AsyncServer:
             config.port,
             limit=READ_CHUNK_SIZE,
             reuse_address=True,
+            reuse_port=config.reuseport > 0,  # a --reuseport child: N listeners share the port (server/supervisor.py)
             backlog=LISTEN_BACKLOG,
             **tls.start_server_arguments(ssl_context),
         )

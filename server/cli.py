@@ -31,12 +31,22 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"crossdock serve: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_format, config.log_level)
+    from server import supervisor
+
+    supervised = supervisor.supervised_instance()
+    if supervised is not None:
+        role = f"instance-{supervised[0]}"
+    else:
+        role = "supervisor" if config.reuseport >= 1 else "server"
+    configure_logging(config.log_format, config.log_level, process_role=role)
     import importlib as _importlib
 
     _importlib.import_module("server.commands")
     for module in config.modules:
         _importlib.import_module(module)
+    if config.reuseport >= 1 and supervised is None:
+        return supervisor.run(config)  # the parent starts --reuseport children and does not serve
+    supervisor.prepare_child()
     if config.mode == "async":
         from server import aio
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from server import __version__
 from server.commands.builtins import REDIS_COMPAT_VERSION
 from server.state import ServerState
+from server.supervisor import info_fields
 
 #: Sections printed by a bare INFO / INFO default, in this order (as Redis orders its own).
 DEFAULT_SECTIONS = ("server", "clients", "memory", "stats", "cpu", "crossdock", "limits", "keyspace")
@@ -105,6 +106,7 @@ def _crossdock(state: ServerState) -> dict[str, object]:
     if state.cpu_jobs is not None:
         fields.update(state.cpu_jobs.info())
     fields["keyspace_scope"] = "per-instance"
+    fields.update(info_fields(config))
     return fields
 
 
