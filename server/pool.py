@@ -34,6 +34,7 @@ import contextlib
 import importlib
 import multiprocessing
 import os
+import select
 import signal
 import threading
 import time
@@ -59,6 +60,9 @@ PREWARM_HOLD_SECONDS = 0.05
 #: Pre-warm rounds before giving up on seeing every worker answer (each round
 #: normally suffices; more only on a machine too loaded to start them in time).
 PREWARM_MAX_ROUNDS = 5
+
+#: Seconds between checks that the server is still alive, where a pidfd cannot be had (not Linux).
+ORPHAN_POLL_INTERVAL = 1.0
 
 #: Result tags: a worker returns (OK_TAG, value) or (ERROR_TAG, "ERR message"), and
 #: :func:`run_job` returns (REPLY_TAG, encoded reply bytes).
@@ -89,15 +93,44 @@ _job_slots: Any = None
 _generation = 0
 
 
+def _exit_with_server(server_pid: int) -> None:
+    """Block until the server process ``server_pid`` is gone, then end this worker at once.
+
+    A server that is SIGKILLed (or leaves through ``os._exit`` on a second
+    signal) cannot shut its pool down, and a worker waits on its call queue
+    for ever: without this, every such exit would leak a core's worth of
+    processes. A pidfd (Linux 5.3+) becomes readable when the process exits,
+    with no polling and no pid-reuse race; elsewhere the pid is polled.
+    """
+    try:
+        pidfd = os.pidfd_open(server_pid)
+    except ProcessLookupError:
+        os._exit(0)
+    except (AttributeError, OSError):
+        while True:
+            time.sleep(ORPHAN_POLL_INTERVAL)
+            try:
+                os.kill(server_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # the pid now belongs to another user's process: ours is gone
+                os._exit(0)
+    select.select([pidfd], [], [])
+    os._exit(0)
+
+
 def _worker_init(
     log_format: str,
     log_level: str,
     modules: Sequence[str],
     job_slots: Any = None,
     generation: int = 0,
+    server_pid: int = 0,
 ) -> None:
     global _job_slots, _generation
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if server_pid:
+        threading.Thread(target=_exit_with_server, args=(server_pid,), name="exit-with-server", daemon=True).start()
     _job_slots, _generation = job_slots, generation
     from server.logging import configure_logging
 
@@ -211,7 +244,7 @@ class CpuPool:
             max_workers=self.workers,
             mp_context=self._context,
             initializer=_worker_init,
-            initargs=(*self._initargs, self._slots, self._generation),
+            initargs=(*self._initargs, self._slots, self._generation, os.getpid()),
         )
         executor.generation = self._generation
         return executor
