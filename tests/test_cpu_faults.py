@@ -325,3 +325,19 @@ def test_replacing_a_broken_executor_from_many_threads_at_once_replaces_it_once(
         assert pool.executor.submit(pow, 2, 10).result(timeout=WAIT_BOUND) == 1024  # the replacement works
     finally:
         pool.shutdown()
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_workers_end_when_the_server_is_killed(mode: str) -> None:
+    """A SIGKILLed server cannot shut its pool down: its workers notice and exit instead of leaking."""
+    server = ServerProcess(mode, "pool", ["--workers", "2"])
+    try:
+        with server.connect() as conn:
+            pids = list(map(int, info(conn)["pool_worker_pids"].split(",")))
+            assert len(pids) == 2
+        server.proc.kill()
+        server.proc.wait(WAIT_BOUND)
+        for pid in pids:
+            wait_for(lambda pid=pid: pid_gone(pid), f"worker {pid} exits after its server was killed")
+    finally:
+        server.stop()
