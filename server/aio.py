@@ -39,7 +39,7 @@ from server.limits import (
     READ_CHUNK_SIZE,
     WRITE_BUFFER_HIGH_WATER,
 )
-from server.pool import CpuPool, cpu_reply, run_cpu, start_pool
+from server.pool import CpuBackend, cpu_reply, run_cpu, start_pool
 from server.protocol import RequestParser, encode_error, encode_reply
 from server.resources import (
     MAXCLIENTS_ERROR,
@@ -371,7 +371,7 @@ class AsyncServer:
         self.registry = command_registry
         self.state = ServerState(config, thread_safe=False)
         self.dispatcher = Dispatcher(command_registry, self.state)
-        self.pool: CpuPool | None = None
+        self.pool: CpuBackend | None = None
         #: The cpu-job policy on the pool (backlog bound, timeouts, failures); None with --cpu inline.
         self.cpu_jobs: CpuJobs | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -529,7 +529,7 @@ class AsyncServer:
             keyspace.sweep_expired()
 
     # -- cpu commands ----------------------------------------------------------------------
-    def _start_cpu_jobs(self, pool: CpuPool) -> CpuJobs:
+    def _start_cpu_jobs(self, pool: CpuBackend) -> CpuJobs:
         """The shared cpu-job policy, submitting through ``loop.run_in_executor`` and acting on the loop."""
         loop = asyncio.get_running_loop()
         return CpuJobs(

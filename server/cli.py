@@ -47,13 +47,21 @@ def _serve(args: argparse.Namespace) -> int:
     if config.reuseport >= 1 and supervised is None:
         return supervisor.run(config)  # the parent starts --reuseport children and does not serve
     supervisor.prepare_child()
-    if config.mode == "async":
-        from server import aio
+    from server.pool import PoolStartError
 
-        return aio.run(config)
-    from server import threaded
+    try:
+        if config.mode == "async":
+            from server import aio
 
-    return threaded.run(config)
+            return aio.run(config)
+        from server import threaded
+
+        return threaded.run(config)
+    except PoolStartError as exc:  # e.g. --executor dask://... and the scheduler does not answer
+        import structlog
+
+        structlog.get_logger("crossdock").error("cpu_executor_failed", executor=config.executor, detail=str(exc))
+        return 1
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

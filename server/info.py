@@ -102,6 +102,9 @@ def _crossdock(state: ServerState) -> dict[str, object]:
         "pool_worker_pids": ",".join(map(str, sorted(pool.worker_pids()))) if pool is not None else "",
         "cpu_queue_limit": config.effective_cpu_queue_limit,
         "cpu_timeout": f"{config.cpu_timeout:g}",
+        "executor": pool.kind if pool is not None else "inline",
+        "executor_address": pool.address if pool is not None else "",
+        "executor_workers": pool.worker_count() if pool is not None else 0,
     }
     if state.cpu_jobs is not None:
         fields.update(state.cpu_jobs.info())

@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import structlog
 
@@ -212,8 +212,49 @@ class _Executor(concurrent.futures.ProcessPoolExecutor):
     generation = 0
 
 
+class CpuBackend(Protocol):
+    """What the front ends need from a cpu executor: :class:`CpuPool` here, or ``server.dask_executor.DaskPool``."""
+
+    #: ``process`` or ``dask`` (INFO).
+    kind: str
+    #: Where the work goes: empty for the local pool, the scheduler's ``tcp://HOST:PORT`` for Dask.
+    address: str
+    #: How many times the executor (or the Dask client) was replaced after a failure.
+    restarts: int
+
+    @property
+    def executor(self) -> concurrent.futures.Executor:
+        """Handed to ``loop.run_in_executor`` or ``submit``; read it per request, as it may be replaced."""
+        ...
+
+    def replace_broken(self, broken: Any) -> None: ...
+
+    def worker_count(self) -> int: ...
+
+    def worker_pids(self) -> list[int]: ...
+
+    def shutdown(self, *, wait: bool = True) -> None: ...
+
+
+class PoolStartError(RuntimeError):
+    """The cpu executor could not start (unreachable cluster, missing extra); the CLI logs it and exits 1."""
+
+
+class ExecutorError(BrokenProcessPool):
+    """A cpu request the executor failed for a reason of its own; ``str(error)`` is the whole reply text.
+
+    A ``BrokenProcessPool`` so both front ends' broken-executor path (answer
+    an error, call ``replace_broken``, go on) handles it as it stands;
+    :func:`cpu_failure_reply` answers with its text rather than the
+    process pool's "worker died".
+    """
+
+
 class CpuPool:
     """Owns the ProcessPoolExecutor; replaces it when a worker dies and the executor breaks."""
+
+    kind = "process"
+    address = ""
 
     def __init__(
         self,
@@ -293,6 +334,10 @@ class CpuPool:
                 os.kill(start.pid, signal.SIGKILL)
         executor.shutdown(wait=False, cancel_futures=True)
 
+    def worker_count(self) -> int:
+        """Live worker processes (INFO ``executor_workers``)."""
+        return len(self.worker_pids())
+
     def worker_pids(self) -> list[int]:
         """The pids of the live worker processes (for tests and INFO)."""
         processes = getattr(self.executor, "_processes", None) or {}
@@ -361,13 +406,25 @@ def cpu_reply(tagged: tuple[int, Any]) -> bytes:
 
 def cpu_failure_reply(error: BaseException) -> bytes:
     """The error reply for a cpu request that never produced an outcome (its worker or executor is gone)."""
+    if isinstance(error, ExecutorError):
+        return encode_error(str(error))
     if isinstance(error, BrokenProcessPool | concurrent.futures.CancelledError):
         return encode_error(WORKER_DIED)
     return encode_error(f"ERR {type(error).__name__}: {error}")
 
 
-def start_pool(config: Config) -> CpuPool:
-    """Create the pool the configuration asks for, pre-warm it and log its worker pids."""
+def start_pool(config: Config) -> CpuBackend:
+    """Create the executor the configuration asks for; the process pool is pre-warmed and logs its worker pids.
+
+    ``--executor dask://HOST:PORT`` imports ``server.dask_executor`` (and
+    ``distributed``) only then, so the default server starts without them.
+
+    Error handling: a Dask cluster that cannot be used raises :class:`PoolStartError`.
+    """
+    if config.executor != "process":
+        from server.dask_executor import start_dask_pool
+
+        return start_dask_pool(config)
     pool = CpuPool(
         config.workers,
         start_method=config.start_method,
@@ -388,8 +445,11 @@ __all__ = [
     "REPLY_TAG",
     "WORKER_DIED",
     "BrokenProcessPool",
+    "CpuBackend",
     "CpuPool",
+    "ExecutorError",
     "JobStart",
+    "PoolStartError",
     "cpu_failure_reply",
     "cpu_reply",
     "run_cpu",

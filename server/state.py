@@ -21,7 +21,7 @@ from server.commands.keyspace import Keyspace
 if TYPE_CHECKING:
     from server.config import Config
     from server.cpu_jobs import CpuJobs
-    from server.pool import CpuPool
+    from server.pool import CpuBackend
 
 
 @dataclass
@@ -100,7 +100,7 @@ class ServerState:
         self.bound_port: int = config.port
         self.pool_size: int = 0
         #: The cpu pool, when there is one (INFO reports its restarts).
-        self.pool: CpuPool | None = None
+        self.pool: CpuBackend | None = None
         #: The cpu-job policy on that pool (INFO reports its backlog, rejections and timeouts).
         self.cpu_jobs: CpuJobs | None = None
         self.process_id = os.getpid()

@@ -42,7 +42,7 @@ from server.limits import (
     READ_CHUNK_SIZE,
     WRITE_BUFFER_HIGH_WATER,
 )
-from server.pool import CpuPool, cpu_reply, run_cpu, start_pool
+from server.pool import CpuBackend, cpu_reply, run_cpu, start_pool
 from server.protocol import RequestParser, encode_reply
 from server.resources import (
     ACCEPT_RESOURCE_ERRNOS,
@@ -129,7 +129,7 @@ class ThreadedServer:
         self.registry = command_registry
         self.state = ServerState(config, thread_safe=True)
         self.dispatcher = Dispatcher(command_registry, self.state)
-        self.pool: CpuPool | None = None
+        self.pool: CpuBackend | None = None
         #: The cpu-job policy on the pool (backlog bound, timeouts, failures); None with --cpu inline.
         self.cpu_jobs: CpuJobs | None = None
         self._tcp: _TCPServer | None = None

@@ -1,0 +1,336 @@
+"""The Dask executor: cpu commands run on a Dask distributed cluster (``--executor dask://HOST:PORT``).
+
+:class:`DaskPool` has the surface of the process pool (an ``executor`` the
+front ends hand to ``loop.run_in_executor`` or ``submit`` to,
+``replace_broken``, ``shutdown``, ``worker_pids``, ``restarts``), backed by
+``distributed.Client(...).get_executor()``, distributed's
+``concurrent.futures`` interface. Workers run the same
+:func:`server.pool.run_cpu` the process pool runs, so replies are the same
+bytes; functions pickle by reference (cloudpickle), so the workers must be
+able to import ``server`` and every ``--modules`` module (start them from the
+same environment). ``distributed`` is imported only when this executor is
+chosen: the default server starts without it.
+
+Error handling:
+
+- Start-up: the scheduler must answer within :data:`CONNECT_TIMEOUT`, and if
+  workers are present one probe task must import the command modules on
+  them; otherwise :class:`~server.pool.PoolStartError` and crossdock exits 1
+  with a clear log line (a wrong address shows at once, not as a server that
+  answers every cpu request with an error). A cluster with no workers yet is
+  accepted: cpu requests get an error until one joins.
+- Scheduler lost while serving: the Client cancels every future in flight
+  (dask/distributed#413, #5667); each of those requests, and every new one
+  until the scheduler is back, is answered at once with
+  ``-ERR cpu executor unavailable: dask scheduler at tcp://HOST:PORT
+  unreachable``. Nothing waits on a dead scheduler. Inline commands are not
+  touched. The Client reconnects by itself for :data:`CONNECT_TIMEOUT` and
+  then closes (dask/distributed#2582, PR #2639); from then on a supervisor
+  thread opens a new Client until the scheduler answers again, so cpu
+  requests work again without restarting crossdock.
+- No workers: new cpu requests get ``-ERR cpu executor unavailable: dask
+  cluster at ... has no workers``. A request already queued on the scheduler
+  when the last worker leaves waits for a worker (dask reschedules it; a
+  nanny usually restarts the worker in a second), bounded by ``--cpu-timeout``.
+- Any other failure of a task in the cluster (``KilledWorker`` after the task
+  killed its workers ``allowed-failures`` times, a result that cannot be
+  deserialised) is answered ``-ERR cpu task failed on the dask cluster: ...``.
+- Every failure reaches the front ends as :class:`~server.pool.ExecutorError`,
+  a ``BrokenProcessPool``, so both front ends' existing broken-executor path
+  answers the request and goes on; ``replace_broken`` only wakes the
+  supervisor (there is no local pool to replace).
+
+What a cancelled request can and cannot stop: cancelling the outer future
+(client gone, cpu timeout) cancels the Dask future, so a request still
+queued on the scheduler never runs and its result is never sent back; a task
+already running on a worker thread runs to its end (Python threads cannot be
+interrupted; Dask only discards the result).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib
+import os
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from server.pool import ExecutorError, PoolStartError, run_cpu
+
+if TYPE_CHECKING:
+    from server.config import Config
+
+log = structlog.get_logger("crossdock.dask")
+
+#: Seconds to reach the scheduler: at start-up, for the Client's own reconnect after a loss, and for each
+#: supervisor attempt after that. distributed's default is 30 s; 5 s is ample for a scheduler on a LAN to
+#: accept and short enough that a wrong address fails start-up promptly.
+CONNECT_TIMEOUT = 5.0
+
+#: Seconds between supervisor checks of the scheduler connection and the worker count. A cpu request sees a
+#: lost scheduler at once (the Client's status changes when the connection drops); this bounds only how
+#: stale the worker count is, and how soon a restarted scheduler is picked up after the Client gave up.
+SUPERVISE_INTERVAL = 0.5
+
+#: Seconds the start-up probe may take on a worker. A shared cluster may be busy; past this the server
+#: starts anyway (logged), as the probe checks imports, not capacity.
+PROBE_TIMEOUT = 15.0
+
+#: Seconds to close the Client at shutdown (the scheduler may already be gone).
+CLOSE_TIMEOUT = 5.0
+
+#: The URL scheme of ``--executor``.
+SCHEME = "dask://"
+
+MISSING_EXTRA = "--executor dask needs the dask extra: pip install 'crossdock[dask]' (distributed is not installed)"
+
+
+def scheduler_address(executor: str) -> str:
+    """``dask://HOST:PORT`` -> ``tcp://HOST:PORT`` (IPv6 as ``[::1]:PORT``).
+
+    Error handling: anything else raises :class:`PoolStartError` naming the expected form.
+    """
+    rest = executor.removeprefix(SCHEME) if executor.startswith(SCHEME) else ""
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in rest:
+        raise PoolStartError(f"--executor must be dask://HOST:PORT, not {executor!r}")
+    return f"tcp://{host}:{port}"
+
+
+def _probe(modules: Sequence[str]) -> tuple[str, int]:
+    """Run on a worker at start-up: the command modules import there, and where it is."""
+    importlib.import_module("server.commands")
+    for module in modules:
+        importlib.import_module(module)
+    return socket.gethostname(), os.getpid()
+
+
+class DaskExecutor(concurrent.futures.Executor):
+    """The executor the front ends see: the current Client's executor, with crossdock's failure rules.
+
+    It stays the same object when the supervisor replaces the Client, so a
+    front end that captured ``pool.executor`` keeps working. Its futures
+    resolve with the task's result or fail with :class:`ExecutorError`; they
+    are never left hanging on a lost scheduler.
+    """
+
+    def __init__(self, pool: DaskPool) -> None:
+        self._pool = pool
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """Submit to the cluster; fails at once with :class:`ExecutorError` when it cannot take work."""
+        inner_executor = self._pool.usable_executor()
+        try:
+            inner = inner_executor.submit(fn, *args, **kwargs)
+        except Exception as exc:  # the Client closed between the check and the submit
+            raise self._pool.unavailable() from exc
+        # Left PENDING (not RUNNING) so that cancelling it, as asyncio does when the awaiting future is
+        # cancelled, still works and reaches the Dask future.
+        outer: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        outer.add_done_callback(lambda done: inner.cancel() if done.cancelled() else None)
+        inner.add_done_callback(lambda done: self._pool.settle(outer, done))
+        return outer
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """The pool owns the Client; shutting the pool down closes it."""
+
+
+class DaskPool:
+    """The cpu executor on a Dask cluster: the process pool's surface, a supervised distributed.Client."""
+
+    kind = "dask"
+
+    def __init__(self, address: str, *, modules: Sequence[str] = ()) -> None:
+        try:
+            import distributed
+        except ImportError as exc:
+            raise PoolStartError(MISSING_EXTRA) from exc
+        self._distributed = distributed
+        self.address = address
+        self.modules = tuple(modules)
+        #: Clients opened after the first one gave up reconnecting (INFO ``pool_restarts``).
+        self.restarts = 0
+        self._workers = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        client = self._connect()
+        #: (Client, its executor), swapped as one attribute so a reader never sees a mix of two Clients.
+        self._current: tuple[Any, concurrent.futures.Executor] = (client, client.get_executor(pure=False))
+        self._workers = self._count_workers(client)
+        self.executor = DaskExecutor(self)
+        self._supervisor = threading.Thread(target=self._supervise, name="dask-supervisor", daemon=True)
+
+    # -- the surface the front ends use --------------------------------------------------
+    def usable_executor(self) -> concurrent.futures.Executor:
+        """The current Client's executor, or :class:`ExecutorError` when the cluster cannot take work now.
+
+        A status read and an integer check: no round trip to the scheduler.
+        """
+        client, executor = self._current
+        workers = self._workers
+        if client.status != "running":
+            raise self.unavailable()
+        if workers == 0:
+            raise self.unavailable(f"dask cluster at {self.address} has no workers")
+        return executor
+
+    def unavailable(self, reason: str | None = None) -> ExecutorError:
+        """The error for a request the cluster cannot take; the reason defaults to an unreachable scheduler."""
+        reason = reason or f"dask scheduler at {self.address} unreachable"
+        return ExecutorError(f"ERR cpu executor unavailable: {reason}")
+
+    def settle(self, outer: concurrent.futures.Future[Any], inner: concurrent.futures.Future[Any]) -> None:
+        """Copy the Dask outcome to the front end's future, turning every failure into :class:`ExecutorError`."""
+        if inner.cancelled():  # distributed cancels every future in flight when the scheduler connection drops
+            lost = f"dask scheduler at {self.address} lost while this request ran"
+            error: BaseException | None = self.unavailable(lost)
+        else:
+            error = inner.exception()
+            if error is not None and not isinstance(error, ExecutorError):
+                error = ExecutorError(f"ERR cpu task failed on the dask cluster: {type(error).__name__}: {error}")
+        try:
+            if error is None:
+                outer.set_result(inner.result())
+            else:
+                outer.set_exception(error)
+        except concurrent.futures.InvalidStateError:  # the front end cancelled it meanwhile: nobody is waiting
+            pass
+
+    def replace_broken(self, broken: concurrent.futures.Executor) -> None:
+        """Nothing local to replace: wake the supervisor so it looks at the cluster now."""
+        self._wake.set()
+
+    def worker_count(self) -> int:
+        """Dask workers the scheduler knew at the last check (0 while it is unreachable)."""
+        return self._workers if self._current[0].status == "running" else 0
+
+    def worker_pids(self) -> list[int]:
+        """Dask workers are not local processes: there are no pids to report."""
+        return []
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Stop the supervisor and close the Client (tasks still running on workers finish there, unread)."""
+        self._stop.set()
+        self._wake.set()
+        if self._supervisor.is_alive():
+            self._supervisor.join(CLOSE_TIMEOUT)
+        self._close_client(self._current[0])
+
+    # -- start-up ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Probe one worker (when there is one) and start the supervisor.
+
+        Error handling: a probe that fails (the workers cannot import the
+        command modules) raises :class:`PoolStartError`; one that does not
+        finish within :data:`PROBE_TIMEOUT` is logged and start-up goes on.
+        """
+        if self._workers:
+            future = self.executor.submit(run_cpu, _probe, (self.modules,))
+            try:
+                tag, value = future.result(PROBE_TIMEOUT)
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                log.warning("dask_probe_slow", address=self.address, timeout=PROBE_TIMEOUT)
+            except ExecutorError as exc:
+                self._close_client(self._current[0])
+                raise PoolStartError(f"dask workers at {self.address} cannot run cpu commands: {exc}") from exc
+            else:
+                if tag != 0:
+                    self._close_client(self._current[0])
+                    raise PoolStartError(f"dask workers at {self.address} cannot import the command modules: {value}")
+        else:
+            log.warning("dask_no_workers", address=self.address, detail="cpu requests get an error until one joins")
+        self._supervisor.start()
+
+    def _connect(self) -> Any:
+        """A new Client; ``distributed`` is in charge of retrying a refused connection within the timeout."""
+        return self._distributed.Client(self.address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+
+    @staticmethod
+    def _count_workers(client: Any) -> int:
+        return int(client.scheduler_info(n_workers=0).get("n_workers", 0))
+
+    def _close_client(self, client: Any) -> None:
+        try:
+            client.close(timeout=CLOSE_TIMEOUT)
+        except Exception:  # already closed, or the scheduler is gone: nothing left to release
+            log.debug("dask_client_close_failed", exc_info=True)
+
+    # -- supervision ---------------------------------------------------------------------
+    def _supervise(self) -> None:
+        """Keep the worker count fresh; open a new Client when the old one gave up reconnecting.
+
+        Error handling: every failure here is logged once per state change and
+        retried at the next tick; the thread ends only at shutdown.
+        """
+        reachable = True
+        while not self._stop.is_set():
+            self._wake.wait(SUPERVISE_INTERVAL)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            client = self._current[0]
+            status = client.status
+            if status == "running":
+                try:
+                    workers = self._count_workers(client)
+                except Exception:
+                    continue
+                if not reachable:
+                    log.info("dask_scheduler_back", address=self.address, workers=workers)
+                    reachable = True
+                if workers != self._workers:
+                    log.info("dask_workers_changed", address=self.address, workers=workers, before=self._workers)
+                    self._workers = workers
+                continue
+            if reachable:
+                log.warning("dask_scheduler_lost", address=self.address, detail="cpu requests get an error until back")
+                reachable = False
+            if status in ("closing", "closed"):  # the Client gave up its own reconnect
+                self._reconnect(client)
+
+    def _reconnect(self, old: Any) -> None:
+        try:
+            client = self._connect()
+        except (OSError, TimeoutError):
+            return
+        except Exception:
+            log.warning("dask_reconnect_failed", address=self.address, exc_info=True)
+            return
+        if self._stop.is_set():
+            self._close_client(client)
+            return
+        try:
+            workers = self._count_workers(client)
+        except Exception:
+            workers = 0
+        self._workers = workers
+        self._current = (client, client.get_executor(pure=False))
+        self.restarts += 1
+        self._close_client(old)
+
+
+def start_dask_pool(config: Config) -> DaskPool:
+    """Connect to the cluster ``config.executor`` names, probe a worker, log ``pool_ready``.
+
+    Error handling: an unreachable scheduler, a missing ``distributed``, or
+    workers that cannot import the commands raise :class:`PoolStartError`,
+    which the CLI logs before exiting 1.
+    """
+    address = scheduler_address(config.executor)
+    try:
+        pool = DaskPool(address, modules=config.modules)
+    except PoolStartError:
+        raise
+    except (OSError, TimeoutError) as exc:
+        raise PoolStartError(f"dask scheduler at {address} unreachable: {exc}") from exc
+    pool.start()
+    log.info("pool_ready", executor="dask", address=address, workers=pool.worker_count())
+    return pool
+
+
+__all__ = ["CONNECT_TIMEOUT", "DaskExecutor", "DaskPool", "scheduler_address", "start_dask_pool"]
