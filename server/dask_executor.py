@@ -154,7 +154,8 @@ class DaskPool:
         self.modules = tuple(modules)
         #: Clients opened after the first one gave up reconnecting (INFO ``pool_restarts``).
         self.restarts = 0
-        self._workers = 0
+        #: (the scheduler connection it was counted on, worker count): a count from before a reconnect is stale.
+        self._workers: tuple[Any, int] = (None, 0)
         self._stop = threading.Event()
         self._wake = threading.Event()
         client = self._connect()
@@ -171,9 +172,12 @@ class DaskPool:
         A status read and an integer check: no round trip to the scheduler.
         """
         client, executor = self._current
-        workers = self._workers
+        counted_on, workers = self._workers
         if client.status != "running":
             raise self.unavailable()
+        if counted_on is not client.scheduler_comm:  # the Client reconnected since the last count
+            self._wake.set()
+            raise self.unavailable(f"dask scheduler at {self.address} is back, its workers not counted yet")
         if workers == 0:
             raise self.unavailable(f"dask cluster at {self.address} has no workers")
         return executor
@@ -206,7 +210,9 @@ class DaskPool:
 
     def worker_count(self) -> int:
         """Dask workers the scheduler knew at the last check (0 while it is unreachable)."""
-        return self._workers if self._current[0].status == "running" else 0
+        client = self._current[0]
+        counted_on, workers = self._workers
+        return workers if client.status == "running" and counted_on is client.scheduler_comm else 0
 
     def worker_pids(self) -> list[int]:
         """Dask workers are not local processes: there are no pids to report."""
@@ -228,7 +234,7 @@ class DaskPool:
         command modules) raises :class:`PoolStartError`; one that does not
         finish within :data:`PROBE_TIMEOUT` is logged and start-up goes on.
         """
-        if self._workers:
+        if self._workers[1]:
             future = self.executor.submit(run_cpu, _probe, (self.modules,))
             try:
                 tag, value = future.result(PROBE_TIMEOUT)
@@ -251,8 +257,10 @@ class DaskPool:
         return self._distributed.Client(self.address, timeout=CONNECT_TIMEOUT, set_as_default=False)
 
     @staticmethod
-    def _count_workers(client: Any) -> int:
-        return int(client.scheduler_info(n_workers=0).get("n_workers", 0))
+    def _count_workers(client: Any) -> tuple[Any, int]:
+        """(the Client's current scheduler connection, the workers the scheduler has): one round trip."""
+        counted_on = client.scheduler_comm
+        return counted_on, int(client.scheduler_info(n_workers=0).get("n_workers", 0))
 
     def _close_client(self, client: Any) -> None:
         try:
@@ -281,11 +289,11 @@ class DaskPool:
                 except Exception:
                     continue
                 if not reachable:
-                    log.info("dask_scheduler_back", address=self.address, workers=workers)
+                    log.info("dask_scheduler_back", address=self.address, workers=workers[1])
                     reachable = True
-                if workers != self._workers:
-                    log.info("dask_workers_changed", address=self.address, workers=workers, before=self._workers)
-                    self._workers = workers
+                if workers[1] != self._workers[1]:
+                    log.info("dask_workers_changed", address=self.address, workers=workers[1], before=self._workers[1])
+                self._workers = workers
                 continue
             if reachable:
                 log.warning("dask_scheduler_lost", address=self.address, detail="cpu requests get an error until back")
@@ -307,7 +315,7 @@ class DaskPool:
         try:
             workers = self._count_workers(client)
         except Exception:
-            workers = 0
+            workers = (None, 0)
         self._workers = workers
         self._current = (client, client.get_executor(pure=False))
         self.restarts += 1
