@@ -37,8 +37,8 @@ Error handling:
   deserialised) is answered ``-ERR cpu task failed on the dask cluster: ...``.
 - Every failure reaches the front ends as :class:`~server.pool.ExecutorError`,
   a ``BrokenProcessPool``, so both front ends' existing broken-executor path
-  answers the request and goes on; ``replace_broken`` only wakes the
-  supervisor (there is no local pool to replace).
+  answers the request and goes on; ``replace_broken`` has nothing to do
+  (no local pool to replace: the supervisor watches the cluster).
 
 What a cancelled request can and cannot stop: cancelling the outer future
 (client gone, cpu timeout) cancels the Dask future, so a request still
@@ -158,6 +158,7 @@ class DaskPool:
         self._workers: tuple[Any, int] = (None, 0)
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._reconnect_failure_logged = False
         client = self._connect()
         #: (Client, its executor), swapped as one attribute so a reader never sees a mix of two Clients.
         self._current: tuple[Any, concurrent.futures.Executor] = (client, client.get_executor(pure=False))
@@ -205,8 +206,8 @@ class DaskPool:
             pass
 
     def replace_broken(self, broken: concurrent.futures.Executor) -> None:
-        """Nothing local to replace: wake the supervisor so it looks at the cluster now."""
-        self._wake.set()
+        """Nothing local to replace: the supervisor already watches the cluster (a wake per failed request
+        would turn a flood of refused requests into a flood of scheduler round trips)."""
 
     def worker_count(self) -> int:
         """Dask workers the scheduler knew at the last check (0 while it is unreachable)."""
@@ -238,6 +239,7 @@ class DaskPool:
             future = self.executor.submit(run_cpu, _probe, (self.modules,))
             try:
                 tag, value = future.result(PROBE_TIMEOUT)
+                log.debug("dask_probe_done", address=self.address, worker=value)
             except concurrent.futures.TimeoutError:
                 future.cancel()
                 log.warning("dask_probe_slow", address=self.address, timeout=PROBE_TIMEOUT)
@@ -307,8 +309,11 @@ class DaskPool:
         except (OSError, TimeoutError):
             return
         except Exception:
-            log.warning("dask_reconnect_failed", address=self.address, exc_info=True)
+            if not self._reconnect_failure_logged:  # once per outage: this runs every few seconds
+                log.warning("dask_reconnect_failed", address=self.address, exc_info=True)
+                self._reconnect_failure_logged = True
             return
+        self._reconnect_failure_logged = False
         if self._stop.is_set():
             self._close_client(client)
             return
