@@ -54,12 +54,15 @@ import importlib
 import os
 import socket
 import threading
+import time
+import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from server.pool import ExecutorError, PoolStartError, run_cpu
+from server.pool import ExecutorError, JobStart, PoolStartError, run_cpu, run_job
 
 if TYPE_CHECKING:
     from server.config import Config
@@ -83,6 +86,14 @@ PROBE_TIMEOUT = 15.0
 #: Seconds to close the Client at shutdown (the scheduler may already be gone).
 CLOSE_TIMEOUT = 5.0
 
+#: The Dask event topic a job's start is announced on (worker -> scheduler -> this server's Client), so the
+#: cpu timeout counts running time, as with the process pool, not time queued on the scheduler.
+START_TOPIC = "crossdock-job-start"
+
+#: The reply a timed-out job gets if its cancellation outruns the timeout reply (threaded front end only;
+#: the cpu-job policy's own timeout reply normally comes first and this is never sent).
+STOPPED = "ERR cpu command timed out (cpu-timeout); its dask task was cancelled"
+
 #: The URL scheme of ``--executor``.
 SCHEME = "dask://"
 
@@ -99,6 +110,22 @@ def scheduler_address(executor: str) -> str:
     if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in rest:
         raise PoolStartError(f"--executor must be dask://HOST:PORT, not {executor!r}")
     return f"tcp://{host}:{port}"
+
+
+def run_dask_job(token: str, job_id: int, slot: int, func: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """What a Dask worker runs for one cpu request: announce its start, then :func:`server.pool.run_job`.
+
+    The announcement is a Dask event (``log_event``: batched to the
+    scheduler, forwarded to the subscribed Client), tagged with the server's
+    ``token`` so several crossdock servers can share one cluster.
+    """
+    try:
+        from distributed import get_worker
+
+        get_worker().log_event(START_TOPIC, [token, job_id, slot, os.getpid()])
+    except Exception:  # not on a worker (a test calling it directly): nothing to announce to
+        pass
+    return run_job(job_id, slot, func, args)
 
 
 def _probe(modules: Sequence[str]) -> tuple[str, int]:
@@ -122,17 +149,23 @@ class DaskExecutor(concurrent.futures.Executor):
         self._pool = pool
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
-        """Submit to the cluster; fails at once with :class:`ExecutorError` when it cannot take work."""
-        inner_executor = self._pool.usable_executor()
-        try:
-            inner = inner_executor.submit(fn, *args, **kwargs)
-        except Exception as exc:  # the Client closed between the check and the submit
-            raise self._pool.unavailable() from exc
+        """Submit to the cluster. Never raises: when the cluster cannot take work the future fails at once."""
         # Left PENDING (not RUNNING) so that cancelling it, as asyncio does when the awaiting future is
         # cancelled, still works and reaches the Dask future.
         outer: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        pool = self._pool
+        try:
+            inner = pool.usable_executor().submit(fn, *args, **kwargs)
+        except ExecutorError as exc:
+            outer.set_exception(exc)
+            return outer
+        except Exception:  # the Client closed between the check and the submit
+            outer.set_exception(pool.unavailable())
+            return outer
+        if fn is run_dask_job:
+            pool.track(args[1], args[2], inner, outer)
         outer.add_done_callback(lambda done: inner.cancel() if done.cancelled() else None)
-        inner.add_done_callback(lambda done: self._pool.settle(outer, done))
+        inner.add_done_callback(lambda done: pool.settle(outer, done))
         return outer
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -144,7 +177,7 @@ class DaskPool:
 
     kind = "dask"
 
-    def __init__(self, address: str, *, modules: Sequence[str] = ()) -> None:
+    def __init__(self, address: str, *, modules: Sequence[str] = (), job_slots: int = 1024) -> None:
         try:
             import distributed
         except ImportError as exc:
@@ -154,6 +187,20 @@ class DaskPool:
         self.modules = tuple(modules)
         #: Clients opened after the first one gave up reconnecting (INFO ``pool_restarts``).
         self.restarts = 0
+        #: Jobs outstanding at once (the cpu-job policy's slots), and the cluster's threads at the last check.
+        self.job_slots = job_slots
+        self.workers = 0
+        #: Tags this server's job-start events on a cluster other servers may share.
+        self._token = uuid.uuid4().hex
+        #: slot -> (job id, where and since when it runs), from the job-start events.
+        self._starts: dict[int, tuple[int, JobStart]] = {}
+        #: slot -> (job id, the Dask executor's future, the front end's future), while the job is outstanding.
+        self._jobs: dict[int, tuple[int, concurrent.futures.Future[Any], concurrent.futures.Future[Any]]] = {}
+        #: Front-end futures of jobs stopped for a timeout.
+        self._stopped: weakref.WeakSet[concurrent.futures.Future[Any]] = weakref.WeakSet()
+        #: Cancelling a Dask future is a round trip to the scheduler: done here, never on the event loop.
+        self._canceller = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dask-cancel")
+        self._subscribed_on: Any = None
         #: (the scheduler connection it was counted on, worker count): a count from before a reconnect is stale.
         self._workers: tuple[Any, int] = (None, 0)
         self._stop = threading.Event()
@@ -163,6 +210,7 @@ class DaskPool:
         #: (Client, its executor), swapped as one attribute so a reader never sees a mix of two Clients.
         self._current: tuple[Any, concurrent.futures.Executor] = (client, client.get_executor(pure=False))
         self._workers = self._count_workers(client)
+        self._subscribe(client)
         self.executor = DaskExecutor(self)
         self._supervisor = threading.Thread(target=self._supervise, name="dask-supervisor", daemon=True)
 
@@ -190,9 +238,11 @@ class DaskPool:
 
     def settle(self, outer: concurrent.futures.Future[Any], inner: concurrent.futures.Future[Any]) -> None:
         """Copy the Dask outcome to the front end's future, turning every failure into :class:`ExecutorError`."""
-        if inner.cancelled():  # distributed cancels every future in flight when the scheduler connection drops
+        if outer in self._stopped:
+            error: BaseException | None = ExecutorError(STOPPED)
+        elif inner.cancelled():  # distributed cancels every future in flight when the scheduler connection drops
             lost = f"dask scheduler at {self.address} lost while this request ran"
-            error: BaseException | None = self.unavailable(lost)
+            error = self.unavailable(lost)
         else:
             error = inner.exception()
             if error is not None and not isinstance(error, ExecutorError):
@@ -205,9 +255,46 @@ class DaskPool:
         except concurrent.futures.InvalidStateError:  # the front end cancelled it meanwhile: nobody is waiting
             pass
 
-    def replace_broken(self, broken: concurrent.futures.Executor) -> None:
-        """Nothing local to replace: the supervisor already watches the cluster (a wake per failed request
-        would turn a flood of refused requests into a flood of scheduler round trips)."""
+    def replace_broken(self, broken: concurrent.futures.Executor) -> bool:
+        """Nothing local to replace (never called for this executor's own errors, which are not BrokenExecutor)."""
+        return False
+
+    # -- the job surface of the cpu-job policy (server.cpu_jobs.JobPool) -----------------------------
+    def job_call(
+        self, job_id: int, slot: int, func: Callable[..., Any], args: tuple[Any, ...]
+    ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """Submit :func:`run_dask_job`: the job announces its start from the worker."""
+        self._starts.pop(slot, None)
+        return run_dask_job, (self._token, job_id, slot, func, args)
+
+    def track(
+        self, job_id: int, slot: int, inner: concurrent.futures.Future[Any], outer: concurrent.futures.Future[Any]
+    ) -> None:
+        """Remember a submitted job's futures until it is done, so a timeout can cancel it."""
+        entry = (job_id, inner, outer)
+        self._jobs[slot] = entry
+        outer.add_done_callback(lambda _done: self._jobs.pop(slot, None) if self._jobs.get(slot) is entry else None)
+
+    def job_started(self, executor: object, job_id: int, slot: int) -> JobStart | None:
+        """When job ``job_id`` started on a worker (its start event arrived), and the worker's pid; else None."""
+        entry = self._starts.get(slot)
+        return entry[1] if entry is not None and entry[0] == job_id else None
+
+    def stop_job(self, executor: object, start: JobStart) -> None:
+        """A job timed out: cancel its Dask future.
+
+        A task still queued never runs; one already running on a worker
+        thread runs to its end there (Python threads cannot be interrupted)
+        and its result is dropped. The cancellation, a round trip to the
+        scheduler, happens on a helper thread, never on the event loop.
+        """
+        for slot, (job_id, started) in list(self._starts.items()):
+            if started is start:
+                entry = self._jobs.get(slot)
+                if entry is not None and entry[0] == job_id:
+                    self._stopped.add(entry[2])
+                    self._canceller.submit(entry[1].cancel)
+                return
 
     def worker_count(self) -> int:
         """Dask workers the scheduler knew at the last check (0 while it is unreachable)."""
@@ -225,6 +312,7 @@ class DaskPool:
         self._wake.set()
         if self._supervisor.is_alive():
             self._supervisor.join(CLOSE_TIMEOUT)
+        self._canceller.shutdown(wait=False, cancel_futures=True)
         self._close_client(self._current[0])
 
     # -- start-up ------------------------------------------------------------------------
@@ -258,11 +346,30 @@ class DaskPool:
         """A new Client; ``distributed`` is in charge of retrying a refused connection within the timeout."""
         return self._distributed.Client(self.address, timeout=CONNECT_TIMEOUT, set_as_default=False)
 
-    @staticmethod
-    def _count_workers(client: Any) -> tuple[Any, int]:
-        """(the Client's current scheduler connection, the workers the scheduler has): one round trip."""
+    def _count_workers(self, client: Any) -> tuple[Any, int]:
+        """(the Client's current scheduler connection, the workers the scheduler has): one round trip.
+
+        Also sets :attr:`workers` to the cluster's threads (how many jobs run at once).
+        """
         counted_on = client.scheduler_comm
-        return counted_on, int(client.scheduler_info(n_workers=0).get("n_workers", 0))
+        info = client.scheduler_info(n_workers=0)
+        self.workers = int(info.get("total_threads", 0))
+        return counted_on, int(info.get("n_workers", 0))
+
+    def _subscribe(self, client: Any) -> None:
+        """Receive job-start events on this Client's current scheduler connection (again after a reconnect)."""
+        self._subscribed_on = client.scheduler_comm
+        client.subscribe_topic(START_TOPIC, self._on_job_start)
+
+    def _on_job_start(self, event: tuple[float, Any]) -> None:
+        """On the Client's thread: a worker started one of this server's jobs."""
+        _scheduler_time, message = event
+        try:
+            token, job_id, slot, pid = message
+        except (TypeError, ValueError):
+            return
+        if token == self._token:
+            self._starts[int(slot)] = (int(job_id), JobStart(int(pid), time.monotonic()))
 
     def _close_client(self, client: Any) -> None:
         try:
@@ -295,6 +402,8 @@ class DaskPool:
                     reachable = True
                 if workers[1] != self._workers[1]:
                     log.info("dask_workers_changed", address=self.address, workers=workers[1], before=self._workers[1])
+                if client.scheduler_comm is not self._subscribed_on:  # the Client reconnected by itself
+                    self._subscribe(client)
                 self._workers = workers
                 continue
             if reachable:
@@ -322,6 +431,7 @@ class DaskPool:
         except Exception:
             workers = (None, 0)
         self._workers = workers
+        self._subscribe(client)
         self._current = (client, client.get_executor(pure=False))
         self.restarts += 1
         self._close_client(old)
@@ -336,7 +446,7 @@ def start_dask_pool(config: Config) -> DaskPool:
     """
     address = scheduler_address(config.executor)
     try:
-        pool = DaskPool(address, modules=config.modules)
+        pool = DaskPool(address, modules=config.modules, job_slots=config.effective_cpu_queue_limit + config.workers)
     except PoolStartError:
         raise
     except (OSError, TimeoutError) as exc:

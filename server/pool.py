@@ -213,7 +213,11 @@ class _Executor(concurrent.futures.ProcessPoolExecutor):
 
 
 class CpuBackend(Protocol):
-    """What the front ends need from a cpu executor: :class:`CpuPool` here, or ``server.dask_executor.DaskPool``."""
+    """What the front ends and the cpu-job policy need from a cpu executor.
+
+    :class:`CpuPool` here, or ``server.dask_executor.DaskPool``; it is
+    :class:`server.cpu_jobs.JobPool` plus what INFO and the lifecycle use.
+    """
 
     #: ``process`` or ``dask`` (INFO).
     kind: str
@@ -221,13 +225,25 @@ class CpuBackend(Protocol):
     address: str
     #: How many times the executor (or the Dask client) was replaced after a failure.
     restarts: int
+    #: How many jobs may be outstanding at once.
+    job_slots: int
+    #: How many jobs run at once (the rest wait): the pool's processes, or the Dask workers' threads.
+    workers: int
 
     @property
     def executor(self) -> concurrent.futures.Executor:
         """Handed to ``loop.run_in_executor`` or ``submit``; read it per request, as it may be replaced."""
         ...
 
-    def replace_broken(self, broken: Any) -> None: ...
+    def job_call(
+        self, job_id: int, slot: int, func: Callable[..., Any], args: tuple[Any, ...]
+    ) -> tuple[Callable[..., Any], tuple[Any, ...]]: ...
+
+    def job_started(self, executor: Any, job_id: int, slot: int) -> JobStart | None: ...
+
+    def stop_job(self, executor: Any, start: JobStart) -> None: ...
+
+    def replace_broken(self, broken: Any) -> bool: ...
 
     def worker_count(self) -> int: ...
 
@@ -240,13 +256,12 @@ class PoolStartError(RuntimeError):
     """The cpu executor could not start (unreachable cluster, missing extra); the CLI logs it and exits 1."""
 
 
-class ExecutorError(BrokenProcessPool):
+class ExecutorError(Exception):
     """A cpu request the executor failed for a reason of its own; ``str(error)`` is the whole reply text.
 
-    A ``BrokenProcessPool`` so both front ends' broken-executor path (answer
-    an error, call ``replace_broken``, go on) handles it as it stands;
-    :func:`cpu_failure_reply` answers with its text rather than the
-    process pool's "worker died".
+    Not a ``BrokenExecutor``: nothing local is broken and there is nothing to
+    resubmit to; the cpu-job policy answers it with
+    :func:`cpu_failure_reply`, which uses its text as it is.
     """
 
 

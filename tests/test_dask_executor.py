@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from server.commands.cpu import count_primes
-from server.protocol import ErrorReply
-from tests.support import ROOT, ServerProcess
+from server.cpu_jobs import timeout_error
+from server.protocol import ErrorReply, encode_command
+from tests.support import ROOT, RespSocket, ServerProcess
 
 #: The dask CLI of the interpreter running the tests (the venv's, where crossdock is installed).
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -34,6 +35,10 @@ DASK_START_TIMEOUT = 30.0
 #: Seconds a test polls for crossdock to use a cluster that came back (it does in about 1 s).
 RECOVERY_TIMEOUT = 60.0
 
+#: Seconds within which a timed-out job must leave the books: far less than its 60 s spin, so only a
+#: cancelled Dask future can meet it.
+CANCEL_BOUND = 30.0
+
 #: Seconds a server must need to give up at start-up (CONNECT_TIMEOUT is 5 s; the rest is slack).
 START_FAILURE_TIMEOUT = 60.0
 
@@ -41,7 +46,17 @@ START_FAILURE_TIMEOUT = 60.0
 #: and an unexpected exception, to compare error replies from both executors.
 COMMAND_MODULE = "dask_test_commands"
 COMMAND_SOURCE = '''
+import time
+
 from server.commands import CommandError, bounded_int, cpu_command
+
+
+@cpu_command("SPIN", arity=2, argspec=(bounded_int("ms", 0, 60_000),))
+def spin(ms: int) -> int:
+    end = time.monotonic() + ms / 1000
+    while time.monotonic() < end:
+        pass
+    return ms
 
 
 @cpu_command("DIVIDE", arity=3, argspec=(bounded_int("a", -1000, 1000), bounded_int("b", -1000, 1000)))
@@ -122,12 +137,12 @@ class DaskCluster:
                 time.sleep(0.05)
         self.port = int(self.address.rsplit(":", 1)[1])
 
-    def start_worker(self) -> None:
+    def start_worker(self, threads: int = 2) -> None:
         """A worker without a nanny: it exits when its scheduler goes away, as a lost machine would."""
         self.workers.append(
             DaskProcess(
                 [
-                    "worker", self.address, "--host", "127.0.0.1", "--nthreads", "2", "--no-nanny",
+                    "worker", self.address, "--host", "127.0.0.1", "--nthreads", str(threads), "--no-nanny",
                     "--dashboard-address", "127.0.0.1:0", "--local-directory", str(self.directory),
                 ],
                 self.env,
@@ -174,8 +189,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, module_env: dict[str, str]
         running.stop()
 
 
-def _serve(mode: str, executor: str, env: dict[str, str]) -> ServerProcess:
-    return ServerProcess(mode, "pool", ["--executor", executor, "--modules", COMMAND_MODULE], env=env)
+def _serve(mode: str, executor: str, env: dict[str, str], *extra: str) -> ServerProcess:
+    return ServerProcess(mode, "pool", ["--executor", executor, "--modules", COMMAND_MODULE, *extra], env=env)
 
 
 @pytest.fixture(scope="module", params=["async", "threaded"])
@@ -247,6 +262,43 @@ def test_info_reports_the_executor(servers: tuple[ServerProcess, ServerProcess],
         info = conn.call("INFO", "crossdock")
     assert isinstance(info, bytes)
     assert b"executor:process\r\n" in info and b"executor_workers:2\r\n" in info
+
+
+def _crossdock_info(conn: RespSocket) -> dict[str, str]:
+    text = conn.call("INFO", "crossdock")
+    assert isinstance(text, bytes)
+    return dict(line.split(":", 1) for line in text.decode().splitlines() if ":" in line)
+
+
+def test_cpu_timeout_cancels_the_dask_task(tmp_path: Path, module_env: dict[str, str]) -> None:
+    """A job past --cpu-timeout is answered with the timeout error in its place, and its Dask future is
+    cancelled: the books return to 0 long before the 60 s spin could end (the worker thread still spins:
+    Dask cannot interrupt it, which is why this test has a cluster of its own). The timeout counts from
+    the job's start on the worker, whose pid the start event carries."""
+    cluster = DaskCluster(tmp_path, module_env)
+    servers: list[ServerProcess] = []
+    try:
+        cluster.start_scheduler()
+        cluster.start_worker(threads=3)  # one spinning thread per front end, one for the PRIMES after
+        worker_pid = cluster.workers[0].proc.pid
+        servers += [_serve(mode, cluster.executor, module_env, "--cpu-timeout", "1") for mode in ("async", "threaded")]
+        for server in servers:
+            with server.connect() as conn, server.connect() as other:
+                conn.send_raw(encode_command("SPIN", 60_000) + encode_command("PING"))
+                assert conn.read_reply() == ErrorReply(timeout_error("spin", 1))
+                assert conn.read_reply() == "PONG"
+                assert conn.call("PRIMES", 1000) == 168
+                assert _crossdock_info(other)["cpu_timeouts"] == "1"
+                deadline = time.monotonic() + CANCEL_BOUND
+                while _crossdock_info(other)["cpu_jobs_in_flight"] != "0":
+                    assert time.monotonic() < deadline, "the timed-out job was not cancelled"
+                    time.sleep(0.1)
+            assert [event["pid"] for event in server.events("cpu_timeout")] == [worker_pid]
+    finally:
+        for server in servers:
+            server.stop()
+        cluster.stop()
+    assert [server.proc.returncode for server in servers] == [0, 0]
 
 
 def _poll(conn_call: Callable[..., object], command: tuple[object, ...], wanted: object) -> list[object]:
