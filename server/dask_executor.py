@@ -29,22 +29,28 @@ Error handling:
   thread opens a new Client until the scheduler answers again, so cpu
   requests work again without restarting crossdock.
 - No workers: new cpu requests get ``-ERR cpu executor unavailable: dask
-  cluster at ... has no workers``. A request already queued on the scheduler
-  when the last worker leaves waits for a worker (dask reschedules it; a
-  nanny usually restarts the worker in a second), bounded by ``--cpu-timeout``.
+  cluster at ... has no workers``, and so do requests still queued when the
+  supervisor sees the last worker gone (they would wait for one with no
+  bound: the cpu timeout counts running time only). A request that had
+  started is rescheduled by Dask and bounded by ``--cpu-timeout``.
 - Any other failure of a task in the cluster (``KilledWorker`` after the task
   killed its workers ``allowed-failures`` times, a result that cannot be
   deserialised) is answered ``-ERR cpu task failed on the dask cluster: ...``.
-- Every failure reaches the front ends as :class:`~server.pool.ExecutorError`,
-  a ``BrokenProcessPool``, so both front ends' existing broken-executor path
-  answers the request and goes on; ``replace_broken`` has nothing to do
-  (no local pool to replace: the supervisor watches the cluster).
+- Every failure reaches the cpu-job policy (:mod:`server.cpu_jobs`) as a
+  future failed with :class:`~server.pool.ExecutorError`, whose text is the
+  reply; the executor's ``submit`` never raises. It is not a
+  ``BrokenExecutor``: there is no local pool to replace and nothing to gain
+  from resubmitting to an unreachable cluster.
 
-What a cancelled request can and cannot stop: cancelling the outer future
-(client gone, cpu timeout) cancels the Dask future, so a request still
-queued on the scheduler never runs and its result is never sent back; a task
-already running on a worker thread runs to its end (Python threads cannot be
-interrupted; Dask only discards the result).
+The cpu timeout: each job announces its start from the worker (a Dask event,
+:data:`START_TOPIC`), so ``--cpu-timeout`` counts running time, as with the
+process pool. When it passes, the policy answers the timeout error and
+:meth:`DaskPool.stop_job` cancels the Dask future. What that can and cannot
+stop: a task still queued never runs; a task already running on a worker
+thread runs to its end there (Python threads cannot be interrupted; Dask only
+drops the result), so that thread stays busy until the function returns. A
+client that goes away does not cancel its job (the policy's choice, as for
+the process pool); its reply is dropped.
 """
 
 from __future__ import annotations
@@ -397,6 +403,8 @@ class DaskPool:
                     workers = self._count_workers(client)
                 except Exception:
                     continue
+                if workers[1] == 0 and workers[0] is client.scheduler_comm:
+                    self._fail_queued_jobs()
                 if not reachable:
                     log.info("dask_scheduler_back", address=self.address, workers=workers[1])
                     reachable = True
@@ -411,6 +419,19 @@ class DaskPool:
                 reachable = False
             if status in ("closing", "closed"):  # the Client gave up its own reconnect
                 self._reconnect(client)
+
+    def _fail_queued_jobs(self) -> None:
+        """No workers: answer the jobs that have not started, rather than let them wait for one unbounded."""
+        error = self.unavailable(f"dask cluster at {self.address} has no workers")
+        for slot, (job_id, inner, outer) in list(self._jobs.items()):
+            started = self._starts.get(slot)
+            if started is not None and started[0] == job_id:
+                continue  # it ran and lost its worker: Dask reschedules it, the cpu timeout bounds it
+            try:
+                outer.set_exception(error)
+            except concurrent.futures.InvalidStateError:  # done meanwhile
+                continue
+            self._canceller.submit(inner.cancel)
 
     def _reconnect(self, old: Any) -> None:
         try:
