@@ -301,6 +301,37 @@ def test_cpu_timeout_cancels_the_dask_task(tmp_path: Path, module_env: dict[str,
     assert [server.proc.returncode for server in servers] == [0, 0]
 
 
+def test_worker_loss_answers_queued_jobs_and_bounds_running_ones(tmp_path: Path, module_env: dict[str, str]) -> None:
+    """The only worker dies (scheduler alive): a queued request is answered `has no workers` rather than left
+    waiting; the running one, rescheduled by Dask with nowhere to run, gets the cpu timeout; a new worker
+    serves again. The async front end only: this is the pool's behaviour, the same under both."""
+    cluster = DaskCluster(tmp_path, module_env)
+    server: ServerProcess | None = None
+    try:
+        cluster.start_scheduler()
+        cluster.start_worker(threads=1)
+        server = _serve("async", cluster.executor, module_env, "--cpu-timeout", "2")
+        with server.connect() as running, server.connect() as queued, server.connect() as other:
+            running.send("SPIN", 60_000)
+            deadline = time.monotonic() + RECOVERY_TIMEOUT
+            while _crossdock_info(other)["cpu_jobs_running"] != "1":
+                assert time.monotonic() < deadline, "SPIN never started"
+                time.sleep(0.05)
+            queued.send("PRIMES", 1000)
+            cluster.workers[0].kill()
+            no_workers = ErrorReply(f"ERR cpu executor unavailable: dask cluster at {cluster.address} has no workers")
+            assert queued.read_reply() == no_workers
+            assert running.read_reply() == ErrorReply(timeout_error("spin", 2))
+            assert other.call("PRIMES", 1000) == no_workers
+            cluster.start_worker(threads=1)
+            _poll(other.call, ("PRIMES", 1000), 168)
+    finally:
+        if server is not None:
+            server.stop()
+        cluster.stop()
+    assert server is not None and server.proc.returncode == 0
+
+
 def _poll(conn_call: Callable[..., object], command: tuple[object, ...], wanted: object) -> list[object]:
     """Send ``command`` until the reply is ``wanted`` (bounded); returns every reply seen."""
     seen: list[object] = []
