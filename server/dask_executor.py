@@ -1,15 +1,17 @@
 """The Dask executor: cpu commands run on a Dask distributed cluster (``--executor dask://HOST:PORT``).
 
-:class:`DaskPool` has the surface of the process pool (an ``executor`` the
-front ends hand to ``loop.run_in_executor`` or ``submit`` to,
-``replace_broken``, ``shutdown``, ``worker_pids``, ``restarts``), backed by
+:class:`DaskPool` has the surface of the process pool
+(:class:`server.pool.CpuBackend`: an ``executor`` the cpu-job policy hands
+to ``loop.run_in_executor`` or ``submit``, the job hooks ``job_call``,
+``job_started``, ``stop_job``, and ``shutdown``, ``restarts``...), backed by
 ``distributed.Client(...).get_executor()``, distributed's
 ``concurrent.futures`` interface. Workers run the same
-:func:`server.pool.run_cpu` the process pool runs, so replies are the same
-bytes; functions pickle by reference (cloudpickle), so the workers must be
-able to import ``server`` and every ``--modules`` module (start them from the
-same environment). ``distributed`` is imported only when this executor is
-chosen: the default server starts without it.
+:func:`server.pool.run_job` the process pool runs (the reply is encoded on
+the worker), so replies are the same bytes; functions pickle by reference
+(cloudpickle), so the workers must be able to import ``server`` and every
+``--modules`` module (start them from the same environment). ``distributed``
+is imported only when this executor is chosen: the default server starts
+without it.
 
 Error handling:
 
@@ -183,7 +185,7 @@ class DaskPool:
 
     kind = "dask"
 
-    def __init__(self, address: str, *, modules: Sequence[str] = (), job_slots: int = 1024) -> None:
+    def __init__(self, address: str, *, job_slots: int, modules: Sequence[str] = ()) -> None:
         try:
             import distributed
         except ImportError as exc:
