@@ -42,8 +42,9 @@ CANCEL_BOUND = 30.0
 #: Seconds a server must need to give up at start-up (CONNECT_TIMEOUT is 5 s; the rest is slack).
 START_FAILURE_TIMEOUT = 60.0
 
-#: A --modules module loaded by crossdock and the workers: a cpu command with a result, a CommandError
-#: and an unexpected exception, to compare error replies from both executors.
+#: A --modules module loaded by crossdock and the workers: DIVIDE has a result, a CommandError and an
+#: unexpected exception, to compare replies from both executors; SPIN is busy for a set wall time, so
+#: a timeout does not depend on how loaded the machine is.
 COMMAND_MODULE = "dask_test_commands"
 COMMAND_SOURCE = '''
 import time
@@ -193,6 +194,24 @@ def _serve(mode: str, executor: str, env: dict[str, str], *extra: str) -> Server
     return ServerProcess(mode, "pool", ["--executor", executor, "--modules", COMMAND_MODULE, *extra], env=env)
 
 
+def _crossdock_info(conn: RespSocket) -> dict[str, str]:
+    text = conn.call("INFO", "crossdock")
+    assert isinstance(text, bytes)
+    return dict(line.split(":", 1) for line in text.decode().splitlines() if ":" in line)
+
+
+def _poll(conn_call: Callable[..., object], command: tuple[object, ...], wanted: object) -> list[object]:
+    """Send ``command`` until the reply is ``wanted`` (bounded); returns every reply seen."""
+    seen: list[object] = []
+    deadline = time.monotonic() + RECOVERY_TIMEOUT
+    while time.monotonic() < deadline:
+        seen.append(conn_call(*command))
+        if seen[-1] == wanted:
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"never got {wanted!r}; last replies {seen[-5:]!r}")
+
+
 @pytest.fixture(scope="module", params=["async", "threaded"])
 def servers(
     request: pytest.FixtureRequest, cluster: DaskCluster, module_env: dict[str, str]
@@ -264,12 +283,6 @@ def test_info_reports_the_executor(servers: tuple[ServerProcess, ServerProcess],
     assert b"executor:process\r\n" in info and b"executor_workers:2\r\n" in info
 
 
-def _crossdock_info(conn: RespSocket) -> dict[str, str]:
-    text = conn.call("INFO", "crossdock")
-    assert isinstance(text, bytes)
-    return dict(line.split(":", 1) for line in text.decode().splitlines() if ":" in line)
-
-
 def test_cpu_timeout_cancels_the_dask_task(tmp_path: Path, module_env: dict[str, str]) -> None:
     """A job past --cpu-timeout is answered with the timeout error in its place, and its Dask future is
     cancelled: the books return to 0 long before the 60 s spin could end (the worker thread still spins:
@@ -330,18 +343,6 @@ def test_worker_loss_answers_queued_jobs_and_bounds_running_ones(tmp_path: Path,
             server.stop()
         cluster.stop()
     assert server is not None and server.proc.returncode == 0
-
-
-def _poll(conn_call: Callable[..., object], command: tuple[object, ...], wanted: object) -> list[object]:
-    """Send ``command`` until the reply is ``wanted`` (bounded); returns every reply seen."""
-    seen: list[object] = []
-    deadline = time.monotonic() + RECOVERY_TIMEOUT
-    while time.monotonic() < deadline:
-        seen.append(conn_call(*command))
-        if seen[-1] == wanted:
-            return seen
-        time.sleep(0.1)
-    raise AssertionError(f"never got {wanted!r}; last replies {seen[-5:]!r}")
 
 
 def test_scheduler_loss_and_return(tmp_path: Path, module_env: dict[str, str]) -> None:
