@@ -368,8 +368,11 @@ class CpuJobs:
                 pid=start.pid,
                 client_id=job.client_id,
             )
-            self.pool.stop_job(executor, start)
+            # Answer first, then stop: stopping makes the job's future fail, and under threads its callback
+            # may run on another thread before this one goes on; the job must already be settled then, or
+            # it would be resubmitted (or answered with the executor's error) instead of timed out.
             self._finish(job, encode_error(timeout_error(job.action.name, self.timeout)), release=False)
+            self.pool.stop_job(executor, start)
 
     # -- reporting and lifecycle -------------------------------------------------------------------
     @property
