@@ -74,7 +74,7 @@ def _scrape(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...
 def test_info_default_sections_in_redis_order_without_per_command_sections(observed: ServerProcess) -> None:
     text = _raw_info(observed)
     assert _headers(text) == [
-        "# Server", "# Clients", "# Memory", "# Stats", "# CPU", "# Crossdock", "# Pool", "# Keyspace",
+        "# Server", "# Clients", "# Memory", "# Stats", "# CPU", "# Crossdock", "# Limits", "# Pool", "# Keyspace",
     ]  # fmt: skip
     assert text.endswith("\r\n") and "cmdstat_" not in text and "latency_percentiles_usec_" not in text
     info = _client(observed).info()
