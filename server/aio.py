@@ -39,6 +39,7 @@ from server.limits import (
     READ_CHUNK_SIZE,
     WRITE_BUFFER_HIGH_WATER,
 )
+from server.metrics import MetricsServer, start_metrics
 from server.pool import CpuBackend, cpu_reply, run_cpu, start_pool
 from server.protocol import RequestParser, encode_error, encode_reply
 from server.resources import (
@@ -378,6 +379,7 @@ class AsyncServer:
         self._connections: set[Connection] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._cron: asyncio.Task[None] | None = None
+        self.metrics: MetricsServer | None = None
         self.stopping = asyncio.Event()
         self._maxclients_log = RateLimitedLog("maxclients_reached")
         self._descriptors_log = RateLimitedLog("descriptors_exhausted")
@@ -418,6 +420,7 @@ class AsyncServer:
         self.state.bound_port = sockets[0].getsockname()[1] if sockets else config.port
         self._sweeper = asyncio.create_task(self._sweep_expired())
         self._cron = asyncio.create_task(self._clients_cron(clients_cron_interval(config)))
+        self.metrics = start_metrics(self.state)
         log.info(
             "started",
             mode="async",
@@ -465,6 +468,8 @@ class AsyncServer:
             await asyncio.to_thread(self.pool.shutdown)  # the cpu timeout still applies while it waits
         if self.cpu_jobs is not None:
             self.cpu_jobs.close()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)
         log.info("stopped")
 
     def _accept(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -555,7 +560,7 @@ class AsyncServer:
         reply: asyncio.Future[bytes] = loop.create_future()
 
         def finish(data: bytes) -> None:
-            self.dispatcher.note_if_slow(action.name, started, client_id)
+            self.dispatcher.finish_cpu(action, started, client_id, data)
             if not reply.done():
                 reply.set_result(data)
 

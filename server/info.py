@@ -1,4 +1,11 @@
-"""INFO in Redis's format (``# Section`` headers, ``field:value`` lines, CRLF) and the CONFIG GET view."""
+"""INFO in Redis's format (``# Section`` headers, ``field:value`` lines, CRLF) and the CONFIG GET view.
+
+Section selection follows Redis 7: no argument or ``default`` prints the
+default sections; ``all`` adds commandstats and latencystats; ``everything``
+is ``all`` (there are no module sections); several names may be given
+(``INFO server commandstats``) and sections always print in the fixed order
+below, each once. Unknown names print nothing, as in Redis.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +17,17 @@ from collections.abc import Callable
 
 from server import __version__
 from server.commands.builtins import REDIS_COMPAT_VERSION
+from server.commands.slowlog import SLOWLOG_MAX_LEN
+from server.commandstats import LATENCY_PERCENTILES
 from server.state import ServerState
 from server.supervisor import info_fields
 
-#: Sections printed by a bare INFO / INFO default, in this order (as Redis orders its own).
-DEFAULT_SECTIONS = ("server", "clients", "memory", "stats", "cpu", "crossdock", "limits", "keyspace")
+#: Sections printed by a bare INFO / INFO default, in this order (as Redis orders its own). commandstats and
+#: latencystats are left out, as Redis leaves them out: they grow with the number of commands used.
+DEFAULT_SECTIONS = ("server", "clients", "memory", "stats", "cpu", "crossdock", "limits", "pool", "keyspace")
+
+#: Section headers that are not the capitalised name (Redis prints ``# CPU``).
+_HEADERS = {"cpu": "CPU"}
 
 
 def _rss_bytes() -> int:
@@ -93,24 +106,92 @@ def _cpu(state: ServerState) -> dict[str, object]:
 def _crossdock(state: ServerState) -> dict[str, object]:
     config = state.config
     pool = state.pool
-    fields: dict[str, object] = {
+    return {
         "mode": config.mode,
         "cpu": config.cpu,
-        "pool_workers": state.pool_size,
-        "pool_start_method": config.start_method if pool is not None else "none",
-        "pool_restarts": pool.restarts if pool is not None else 0,
-        "pool_worker_pids": ",".join(map(str, sorted(pool.worker_pids()))) if pool is not None else "",
         "cpu_queue_limit": config.effective_cpu_queue_limit,
         "cpu_timeout": f"{config.cpu_timeout:g}",
         "executor": pool.kind if pool is not None else "inline",
         "executor_address": pool.address if pool is not None else "",
         "executor_workers": pool.worker_count() if pool is not None else 0,
+        "keyspace_scope": "per-instance",
+        **info_fields(config),
     }
-    if state.cpu_jobs is not None:
-        fields.update(state.cpu_jobs.info())
-    fields["keyspace_scope"] = "per-instance"
-    fields.update(info_fields(config))
+
+
+def pool_figures(state: ServerState) -> dict[str, int]:
+    """The pool's numbers as plain integers (all zero without a pool): INFO pool and the Prometheus gauges.
+
+    Workers and restarts come from the pool; jobs in flight, running, queued,
+    BUSY rejections, timeouts, resubmissions and worker failures from the
+    cpu-job policy (:class:`server.cpu_jobs.CpuJobs`).
+    """
+    pool = state.pool
+    figures = {"workers": state.pool_size if pool is not None else 0, "restarts": pool.restarts if pool else 0}
+    jobs = state.cpu_jobs
+    figures.update(
+        {key: int(value) for key, value in jobs.info().items()}  # type: ignore[call-overload]
+        if jobs is not None
+        else dict.fromkeys(_CPU_JOB_FIELDS, 0)
+    )
+    return figures
+
+
+#: The fields :meth:`server.cpu_jobs.CpuJobs.info` reports (zeros when there is no pool).
+_CPU_JOB_FIELDS = (
+    "cpu_jobs_in_flight", "cpu_jobs_running", "cpu_jobs_queued", "cpu_rejected_busy", "cpu_timeouts",
+    "cpu_jobs_resubmitted", "cpu_worker_failures",
+)  # fmt: skip
+
+
+def _pool(state: ServerState) -> dict[str, object]:
+    """The cpu pool: executor, workers and their pids, restarts, and the jobs' queue, running, shed, timed out."""
+    config = state.config
+    pool = state.pool
+    figures = pool_figures(state)
+    fields: dict[str, object] = {
+        "pool_executor": getattr(pool, "kind", config.executor) if pool is not None else "none",
+        "pool_start_method": config.start_method if pool is not None else "none",
+        "pool_workers": figures["workers"],
+        "pool_worker_pids": ",".join(map(str, sorted(pool.worker_pids()))) if pool is not None else "",
+        "pool_restarts": figures["restarts"],
+    }
+    fields.update((key, figures[key]) for key in _CPU_JOB_FIELDS)
     return fields
+
+
+def _commandstats(state: ServerState) -> dict[str, object]:
+    """Redis's ``cmdstat_<name>:calls=,usec=,usec_per_call=,rejected_calls=,failed_calls=`` lines."""
+    lines: dict[str, object] = {}
+    for stats in state.command_stats:
+        calls = stats.calls
+        if not (calls or stats.rejected or stats.failed):
+            continue  # e.g. the INFO being answered right now: counted once it has run, as in Redis
+        usec = stats.ns // 1000
+        per_call = usec / calls if calls else 0.0
+        lines[f"cmdstat_{stats.name}"] = (
+            f"calls={calls},usec={usec},usec_per_call={per_call:.2f},"
+            f"rejected_calls={stats.rejected},failed_calls={stats.failed}"
+        )
+    return lines
+
+
+def _latencystats(state: ServerState) -> dict[str, object]:
+    """Redis's ``latency_percentiles_usec_<name>:p50=,p99=,p99.9=`` lines (commands that completed a call)."""
+    lines: dict[str, object] = {}
+    for stats in state.command_stats:
+        if not stats.calls:
+            continue
+        values = stats.percentiles_us(LATENCY_PERCENTILES)
+        lines[f"latency_percentiles_usec_{stats.name}"] = ",".join(
+            f"p{_percentile_label(p)}={value:.3f}" for p, value in zip(LATENCY_PERCENTILES, values, strict=True)
+        )
+    return lines
+
+
+def _percentile_label(percentile: float) -> str:
+    """``50``, ``99``, ``99.9``: Redis prints the percentile with trailing zeros trimmed."""
+    return f"{percentile:f}".rstrip("0").rstrip(".")
 
 
 def _limits(state: ServerState) -> dict[str, object]:
@@ -152,25 +233,35 @@ _SECTIONS: dict[str, Callable[[ServerState], dict[str, object]]] = {
     "cpu": _cpu,
     "crossdock": _crossdock,
     "limits": _limits,
+    "pool": _pool,
+    "commandstats": _commandstats,
+    "latencystats": _latencystats,
     "keyspace": _keyspace,
 }
 
 
+def selected_sections(requested: list[str]) -> list[str]:
+    """The sections ``INFO <requested...>`` prints, in print order."""
+    wanted: set[str] = set()
+    for name in requested or ["default"]:
+        if name == "default":
+            wanted.update(DEFAULT_SECTIONS)
+        elif name in ("all", "everything"):
+            wanted.update(_SECTIONS)
+        else:
+            wanted.add(name)
+    return [name for name in _SECTIONS if name in wanted]
+
+
 def render_info(state: ServerState, requested: list[str]) -> str:
-    """The INFO text for the requested sections (default set when none; ``all``/``everything`` for all)."""
-    if not requested or requested == ["default"]:
-        names: list[str] = list(DEFAULT_SECTIONS)
-    elif any(name in ("all", "everything") for name in requested):
-        names = list(_SECTIONS)
-    else:
-        names = [name for name in _SECTIONS if name in requested]
+    """The INFO text for the requested sections (lower-case names; see the module docstring)."""
     lines: list[str] = []
-    for name in names:
+    for name in selected_sections(requested):
         if lines:
             lines.append("")
-        lines.append(f"# {name.capitalize()}")
+        lines.append(f"# {_HEADERS.get(name, name.capitalize())}")
         lines.extend(f"{key}:{value}" for key, value in _SECTIONS[name](state).items())
-    return "\r\n".join(lines) + "\r\n"
+    return "\r\n".join(lines) + "\r\n" if lines else ""
 
 
 def config_parameters(state: ServerState) -> dict[str, str]:
@@ -196,6 +287,9 @@ def config_parameters(state: ServerState) -> dict[str, str]:
         "maxmemory": "0",
         "proto-max-bulk-len": str(config.max_bulk_length),
         "slowlog-log-slower-than": str(int(config.slowlog_threshold_ms * 1000)),
+        "slowlog-max-len": str(SLOWLOG_MAX_LEN),
+        "latency-tracking": "yes",
+        "latency-tracking-info-percentiles": " ".join(_percentile_label(p) for p in LATENCY_PERCENTILES),
         "io-threads": "1",
         "requirepass": config.requirepass,
         "protected-mode": "yes" if config.protected_mode else "no",

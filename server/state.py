@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from server.commands.keyspace import Keyspace
+from server.commands.slowlog import SlowLog
+from server.commandstats import CommandStatsTable
 
 if TYPE_CHECKING:
     from server.config import Config
@@ -103,6 +105,10 @@ class ServerState:
         self.pool: CpuBackend | None = None
         #: The cpu-job policy on that pool (INFO reports its backlog, rejections and timeouts).
         self.cpu_jobs: CpuJobs | None = None
+        #: Per-command calls, time, rejected/failed calls and latency histograms (INFO commandstats/latencystats).
+        self.command_stats = CommandStatsTable()
+        #: SLOWLOG's entries, newest first.
+        self.slowlog = SlowLog()
         self.process_id = os.getpid()
         self.run_id = os.urandom(20).hex()
 
@@ -123,6 +129,11 @@ class ServerState:
     def client_list(self) -> list[ClientState]:
         with self._clients_lock:
             return list(self.clients.values())
+
+    def reset_stats(self) -> None:
+        """CONFIG RESETSTAT: zero the counters INFO stats, commandstats and latencystats report (not the slow log)."""
+        self.stats = Stats()
+        self.command_stats.reset()
 
     @property
     def uptime_seconds(self) -> int:

@@ -42,6 +42,7 @@ from server.limits import (
     READ_CHUNK_SIZE,
     WRITE_BUFFER_HIGH_WATER,
 )
+from server.metrics import MetricsServer, start_metrics
 from server.pool import CpuBackend, cpu_reply, run_cpu, start_pool
 from server.protocol import RequestParser, encode_reply
 from server.resources import (
@@ -139,6 +140,7 @@ class ThreadedServer:
         self._admitted = 0
         self._connections_lock = threading.Lock()
         self._stop = threading.Event()
+        self.metrics: MetricsServer | None = None
         self.stopping = threading.Event()
         self._ssl: ssl.SSLContext | None = None
         self._accept_log = RateLimitedLog("accept_failed_retrying")
@@ -176,6 +178,7 @@ class ThreadedServer:
         threading.Thread(
             target=self._clients_cron, args=(clients_cron_interval(config),), name="clients-cron", daemon=True
         ).start()
+        self.metrics = start_metrics(self.state)
         log.info(
             "started",
             mode="threaded",
@@ -226,6 +229,8 @@ class ThreadedServer:
             self.pool.shutdown()  # the cpu timeout still applies while it waits
         if self.cpu_jobs is not None:
             self.cpu_jobs.close()
+        if self.metrics is not None:
+            self.metrics.close()
         log.info("stopped")
 
     def _sweep_expired(self) -> None:
@@ -351,7 +356,7 @@ class ThreadedServer:
             answer: Future[bytes] = Future()
             self.cpu_jobs.start(action, answer.set_result, client_id)
             reply = answer.result()
-        self.dispatcher.note_if_slow(action.name, started, client_id)
+        self.dispatcher.finish_cpu(action, started, client_id, reply)
         return reply
 
 

@@ -9,6 +9,7 @@ module that adds commands imports the same decorators::
 from server.commands import auth as _auth  # noqa: F401  (registers AUTH)
 from server.commands import builtins as _builtins  # noqa: F401  (registers the inline built-ins)
 from server.commands import cpu as _cpu  # noqa: F401  (registers the cpu built-ins)
+from server.commands import slowlog as _slowlog  # noqa: F401  (registers SLOWLOG)
 from server.commands.actions import Action, RunCpu, Sleep
 from server.commands.context import CommandContext
 from server.commands.dispatch import Dispatcher

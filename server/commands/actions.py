@@ -10,7 +10,7 @@ with ``loop.call_later`` / ``loop.run_in_executor``, the threaded one with
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -29,6 +29,8 @@ class RunCpu:
     name: str
     func: Callable[..., Any]
     args: tuple[Any, ...]
+    #: The request as the client sent it, for the slow log (never shipped to the worker).
+    argv: list[bytes] = field(default_factory=list)
 
 
 Action = Sleep | RunCpu

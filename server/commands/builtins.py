@@ -267,9 +267,7 @@ def config(ctx: CommandContext, args: list[bytes]) -> object:
                     reply.extend([name, value])
         return reply
     if sub == b"RESETSTAT" and len(args) == 2:
-        from server.state import Stats
-
-        ctx.server.stats = Stats()
+        ctx.server.reset_stats()
         return OK
     if sub in (b"SET", b"REWRITE"):
         raise CommandError("ERR CONFIG SET is not supported: crossdock is configured by flags and environment")

@@ -16,13 +16,14 @@ import structlog
 from server import security
 from server.commands.actions import Action, RunCpu, Sleep
 from server.commands.auth import NOAUTH
-from server.commands.registry import CommandError, Kind, Registry
+from server.commands.registry import Command, CommandError, Kind, Registry
+from server.commandstats import CommandStats
 from server.protocol import ProtocolError, RequestParser
 from server.protocol.reply import encode_error, encode_reply
 
 if TYPE_CHECKING:
     from server.commands.context import CommandContext
-    from server.state import ServerState
+    from server.state import ClientState, ServerState
 
 log = structlog.get_logger("crossdock.commands")
 
@@ -45,9 +46,25 @@ def unknown_command_error(args: list[bytes]) -> str:
     return f"ERR unknown command '{name}', with args beginning with: {quoted}"
 
 
+#: How Redis's wrong-arity error starts; a handler raising it for a subcommand makes a rejected call.
+WRONG_ARITY_PREFIX = "ERR wrong number of arguments for "
+
+#: How a shed cpu request's reply starts (server.cpu_jobs.busy_error): a rejected call, not a failed one.
+BUSY_REPLY_PREFIX = b"-BUSY "
+
+#: A slow threshold no duration reaches (the slow log is off).
+SLOW_LOG_OFF = 1 << 62
+
+
 def wrong_arity_error(name: str) -> str:
     """Redis's text for a wrong argument count; ``name`` is lower case (``client|setname`` for subcommands)."""
-    return f"ERR wrong number of arguments for '{name}' command"
+    return f"{WRONG_ARITY_PREFIX}'{name}' command"
+
+
+def subcommand_name(command: Command, sub: bytes) -> str:
+    """``config|get`` for a known subcommand, as Redis names its commandstats; the command's name otherwise."""
+    lowered = sub.decode(errors="replace").lower()
+    return f"{command.name}|{lowered}" if lowered in command.subcommands else command.name
 
 
 class Dispatcher:
@@ -56,10 +73,20 @@ class Dispatcher:
     def __init__(self, registry: Registry, server: ServerState) -> None:
         self.registry = registry
         self.server = server
-        self._slow_ns = int(server.config.slowlog_threshold_ms * 1_000_000)
+        threshold_ms = server.config.slowlog_threshold_ms
+        #: Redis's slowlog-log-slower-than: a negative threshold turns the slow log off.
+        self._slow_ns = int(threshold_ms * 1_000_000) if threshold_ms >= 0 else SLOW_LOG_OFF
+        self._table = server.command_stats
+        #: The table's dict itself: one lookup per request (RESETSTAT zeroes its entries in place).
+        self._by_name = server.command_stats.by_name
 
     def execute(self, ctx: CommandContext, args: list[bytes]) -> bytes | Action:
         """Run one request. Returns encoded reply bytes, or an action for the front end.
+
+        Statistics: one clock read before and after an inline handler feed the
+        command's calls, time and latency histogram (:mod:`server.commandstats`),
+        the slow log and the Prometheus metrics; a cpu command is counted when
+        its reply arrives (:meth:`finish_cpu`).
 
         Error handling: unknown commands, wrong arity and :class:`CommandError`
         become error replies with Redis's wording, checked in Redis's order
@@ -82,32 +109,45 @@ class Dispatcher:
                 return _NO_REPLY
             stats.total_error_replies += 1
             return encode_error(unknown_command_error(args))
-        client.last_command = command.name
+        client.last_command = name = command.name
+        if command.subcommands and len(args) > 1:
+            name = subcommand_name(command, args[1])
+        counters = self._by_name.get(name) or self._table.get(name, command.kind.value)
         if not command.arity_ok(len(args)):
             stats.total_error_replies += 1
+            counters.rejected += 1
             return encode_error(wrong_arity_error(command.name))
         if not client.authenticated and "no_auth" not in command.flags:
             stats.total_error_replies += 1
+            counters.rejected += 1  # Redis: NOAUTH is a rejected call of the command
             return _NOAUTH_REPLY
+        started = time.perf_counter_ns()
         if command.kind is Kind.CPU:
             try:
                 converted = command.convert_args(args)
             except CommandError as exc:
                 stats.total_error_replies += 1
+                self._count_failure(counters, started, exc.message, ctx, args)
                 return encode_error(exc.message)
             stats.total_cpu_commands += 1
-            return RunCpu(command.name, command.handler, converted)
-        started = time.perf_counter_ns()
+            return RunCpu(name, command.handler, converted, args)
         try:
             result = command.handler(ctx, args)
         except CommandError as exc:
             stats.total_error_replies += 1
+            self._count_failure(counters, started, exc.message, ctx, args)
             return encode_error(exc.message)
         except Exception:
             stats.total_error_replies += 1
+            self._count_failure(counters, started, "ERR", ctx, args)
             log.warning("command_failed", command=command.name, client_id=client.id, exc_info=True)
             return encode_error(f"ERR internal error while running '{command.name}'")
-        self.note_if_slow(command.name, started, client.id)
+        elapsed = time.perf_counter_ns() - started
+        counters.ns += elapsed
+        bits = elapsed.bit_length()  # server.commandstats.histogram_slot, inlined (SUB_BUCKET_BITS = 5)
+        counters.histogram[(bits << 5) | ((elapsed >> (bits - 6)) & 31) if bits > 6 else elapsed] += 1
+        if elapsed >= self._slow_ns:
+            self.note_slow(name, elapsed, client, args)
         if isinstance(result, Sleep):
             return result
         try:
@@ -115,6 +155,23 @@ class Dispatcher:
         except TypeError:
             log.warning("reply_not_encodable", command=command.name, exc_info=True)
             return encode_error(f"ERR internal error while running '{command.name}'")
+
+    def _count_failure(
+        self, counters: CommandStats, started_ns: int, message: str, ctx: CommandContext, args: list[bytes]
+    ) -> None:
+        """A command that answered an error: Redis counts wrong arity as rejected, anything else as failed."""
+        if message.startswith(WRONG_ARITY_PREFIX):
+            counters.rejected += 1
+            return
+        elapsed = time.perf_counter_ns() - started_ns
+        counters.record(elapsed)
+        counters.failed += 1
+        if elapsed >= self._slow_ns:
+            self.note_slow(counters.name, elapsed, ctx.client, args)
+
+    def note_rejected(self, name: str, kind: str = "inline") -> None:
+        """Count a call refused before it ran, for refusals made outside :meth:`execute`: Redis's rejected_calls."""
+        self._table.get(name, kind).rejected += 1
 
     def run_chunk(self, ctx: CommandContext, parser: RequestParser, data: bytes) -> Iterator[bytes | Action]:
         """Feed one chunk read from the client; yield each request's reply bytes or action, in request order.
@@ -161,13 +218,40 @@ class Dispatcher:
             client.close_requested = True
             yield encode_error(exc.message)
 
+    def finish_cpu(self, action: RunCpu, started_ns: int, client_id: int, reply: bytes) -> None:
+        """A cpu command's reply has arrived: count it (time includes its wait for a worker) and log it if slow.
+
+        Both front ends call this once per :class:`RunCpu` answered, whatever
+        the outcome: an error reply counts as a failed call, ``-BUSY`` (shed
+        by the cpu backlog bound, it never ran) as a rejected one, as Redis
+        counts its own BUSY refusals. A job whose client left is not answered,
+        so not counted.
+        """
+        elapsed = time.perf_counter_ns() - started_ns
+        counters = self._table.get(action.name, "cpu")
+        if reply[:1] == b"-":
+            if reply.startswith(BUSY_REPLY_PREFIX):
+                counters.rejected += 1
+                return
+            counters.failed += 1
+        counters.record(elapsed)
+        if elapsed >= self._slow_ns:
+            client = self.server.clients.get(client_id)
+            self.note_slow(action.name, elapsed, client, action.argv or [action.name.encode()])
+
     def note_if_slow(self, name: str, started_ns: int, client_id: int) -> None:
         """Log ``name`` as a slow command if it has taken the threshold or more since ``started_ns``."""
         elapsed = time.perf_counter_ns() - started_ns
         if elapsed >= self._slow_ns:
-            self.note_slow(name, elapsed / 1e6, client_id)
+            self.note_slow(name, elapsed, self.server.clients.get(client_id), [name.encode()])
 
-    def note_slow(self, name: str, duration_ms: float, client_id: int) -> None:
-        """Log a command that took at least the slow threshold, once per such execution."""
+    def note_slow(self, name: str, elapsed_ns: int, client: ClientState | None, args: list[bytes]) -> None:
+        """A command took at least the slow threshold: one log line and one SLOWLOG entry per such execution."""
         self.server.stats.slow_commands += 1
-        log.info("slow_command", command=name, duration_ms=round(duration_ms, 3), client_id=client_id)
+        self.server.slowlog.add(args, elapsed_ns // 1000, client)
+        log.info(
+            "slow_command",
+            command=name,
+            duration_ms=round(elapsed_ns / 1e6, 3),
+            client_id=client.id if client is not None else None,
+        )
