@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import MODES, ServerProcess
+from tests.support import MODES, RedisServer, ServerProcess
 
 
 def _mode_id(mode: tuple[str, str]) -> str:
@@ -43,3 +43,14 @@ def fresh_server_factory() -> Iterator[object]:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for differential tests (skipped where the binary is missing)."""
+    try:
+        process = RedisServer(tmp_path_factory.mktemp("redis"))
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    yield process
+    process.stop()
