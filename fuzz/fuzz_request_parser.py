@@ -13,8 +13,9 @@ a crash and writes the input to ``crash-<sha1>``):
 * nothing but :class:`~server.protocol.ProtocolError` ever escapes;
 * whole, in the control byte's chunk sizes, and byte by byte (streams up to
   :data:`BYTEWISE_MAX`; longer ones in 5-byte pieces); on the pure and
-  the hiredis path; drained with ``next_request()`` and with ``parse_all()``:
-  the same requests and the same error message after the same request;
+  the hiredis path; drained with ``next_request()``, with ``parse_all()`` and
+  with ``parse_chunk()`` (the servers' way, with its fast path): the same
+  requests and the same error message after the same request;
 * whenever the parser asks for more bytes, ``buffered`` is at most one
   request in progress at the limits (:data:`BUFFER_BOUND`);
 * after a ProtocolError the parser holds nothing, and every later call
@@ -82,8 +83,13 @@ def pieces(data: bytes, sizes: tuple[int, ...]) -> Iterator[bytes]:
         k += 1
 
 
-def run(data: bytes, sizes: tuple[int, ...], use_hiredis: bool, auth: bool, use_parse_all: bool) -> Result:
-    """Feed ``data`` in ``sizes``; every request, then the error message if any, checking as it goes."""
+def run(data: bytes, sizes: tuple[int, ...], use_hiredis: bool, auth: bool, drain: str) -> Result:
+    """Feed ``data`` in ``sizes``; every request, then the error message if any, checking as it goes.
+
+    ``drain`` is how requests are taken out after each piece: ``"next"`` (``feed`` then
+    ``next_request()`` until None), ``"all"`` (``feed`` then ``parse_all()`` until empty) or
+    ``"chunk"`` (``parse_chunk(piece)``, the servers' way, with its fast path).
+    """
     parser = RequestParser(
         max_bulk_length=FUZZ_MAX_BULK,
         max_multibulk_length=FUZZ_MAX_COUNT,
@@ -91,22 +97,28 @@ def run(data: bytes, sizes: tuple[int, ...], use_hiredis: bool, auth: bool, use_
         auth_required=auth,
     )
     requests: list[list[bytes]] = []
+    error: str | None = None
     for piece in pieces(data, sizes):
-        parser.feed(piece)
         try:
-            if use_parse_all:
-                while batch := parser.parse_all():
-                    requests += batch
+            if drain == "chunk":
+                requests += parser.parse_chunk(piece)
+                if parser.failed:
+                    parser.parse_all()  # raises the error that followed the good requests
+                    raise AssertionError("failed is set but parse_all() did not raise")
             else:
-                while (request := parser.next_request()) is not None:
-                    requests.append(request)
+                parser.feed(piece)
+                if drain == "all":
+                    while batch := parser.parse_all():
+                        requests += batch
+                else:
+                    while (request := parser.next_request()) is not None:
+                        requests.append(request)
         except ProtocolError as exc:
             _check_sticky(parser, exc)
-            error: str | None = exc.message
+            error = exc.message
             break
+        assert not parser.failed
         assert parser.buffered <= BUFFER_BOUND, (parser.buffered, BUFFER_BOUND)
-    else:
-        error = None
     assert all(request and all(arg.__class__ is bytes for arg in request) for request in requests)
     return requests, error
 
@@ -115,8 +127,10 @@ def _check_sticky(parser: RequestParser, error: ProtocolError) -> None:
     """After an error: nothing held, data discarded, the same error from every call."""
     assert error.message.startswith("ERR Protocol error: "), error.message
     assert parser.buffered == 0
+    assert parser.failed
     parser.feed(b"PING\r\n*1\r\n$4\r\nPING\r\n")
-    for call in (parser.next_request, parser.parse_all):
+    calls = (parser.next_request, parser.parse_all, lambda: parser.parse_chunk(b"*1\r\n$4\r\nPING\r\n"))
+    for call in calls:
         try:
             call()
         except ProtocolError as again:
@@ -133,16 +147,21 @@ def check(data: bytes) -> Result:
     control, stream = data[0], data[1:]
     sizes = ((control & 0x07) + 1, ((control >> 3) & 0x0F) + 1)
     auth = bool(control & 0x80)
-    reference = run(stream, (), False, auth, False)
+    reference = run(stream, (), False, auth, "next")
     bytewise = (1,) if len(stream) <= BYTEWISE_MAX else (5,)
-    # Each path and each drain style meets each chunking once (not every combination: speed is
+    # Each path and each drain style meets each chunking (not every combination: speed is
     # coverage for a fuzzer, and the combinations add no new code paths).
-    ways = [(False, sizes, True), (False, bytewise, False)]
+    ways = [
+        (False, sizes, "all"),
+        (False, bytewise, "next"),
+        (False, (), "chunk"),
+        (False, sizes, "chunk"),
+    ]
     for use_hiredis in PATHS[1:]:
-        ways += [(use_hiredis, (), True), (use_hiredis, sizes, False), (use_hiredis, bytewise, True)]
-    for use_hiredis, chunking, use_parse_all in ways:
-        got = run(stream, chunking, use_hiredis, auth, use_parse_all)
-        assert got == reference, (use_hiredis, chunking, use_parse_all, got, reference)
+        ways += [(use_hiredis, (), "all"), (use_hiredis, sizes, "chunk"), (use_hiredis, bytewise, "all")]
+    for use_hiredis, chunking, drain in ways:
+        got = run(stream, chunking, use_hiredis, auth, drain)
+        assert got == reference, (use_hiredis, chunking, drain, got, reference)
     return reference
 
 

@@ -4,13 +4,16 @@ The machine builds a random stream of valid requests (multibulk with binary
 arguments; inline lines with plain words, double quotes with every escape,
 single quotes), blank lines and empty counts, and optionally corruption: a
 known mistake whose Redis error is certain, or random byte damage. It feeds
-the stream to a live parser in random chunk sizes, draining with
-``next_request()`` or ``parse_all()`` at random, and checks at every step:
+the stream to a live parser in random chunk sizes, taking requests out with
+``next_request()``, ``parse_all()`` or ``parse_chunk()`` at random, and checks
+at every step:
 
 * the requests parsed are exactly the requests encoded, in order, as long as
   no random damage was done;
 * after a known mistake, the error is that mistake's, right after the
   requests encoded before it;
+* ``parse_chunk()`` (the servers' way, with its fast path for whole simple
+  multibulk requests) gives what ``feed()`` and ``next_request()`` give;
 * whenever the parser waits for more bytes, ``buffered`` is at most the bytes
   fed and not yet returned, and at most one request in progress at the
   limits (:data:`BUFFER_BOUND`);
@@ -218,18 +221,24 @@ class ParserMachine(RuleBasedStateMachine):
 
     # -- feeding the live parser -----------------------------------------------------------------
 
-    @rule(size=st.integers(1, 300), use_parse_all=st.booleans())
-    def feed(self, size: int, use_parse_all: bool) -> None:
+    @rule(size=st.integers(1, 300), drain=st.sampled_from(["next", "all", "chunk"]))
+    def feed(self, size: int, drain: str) -> None:
+        """Feed the next piece; take requests with next_request(), parse_all() or parse_chunk()."""
         piece = self.stream[self.fed : self.fed + size]
         self.fed += len(piece)
-        self.parser.feed(piece)
         try:
-            if use_parse_all:
-                while batch := self.parser.parse_all():
-                    self._took(batch)
+            if drain == "chunk":  # the servers' way: one call per chunk read, with its fast path
+                self._took(self.parser.parse_chunk(piece))
+                if self.parser.failed:
+                    self.parser.parse_all()  # raises the error that followed the good requests
             else:
-                while (request := self.parser.next_request()) is not None:
-                    self._took([request])
+                self.parser.feed(piece)
+                if drain == "all":
+                    while batch := self.parser.parse_all():
+                        self._took(batch)
+                else:
+                    while (request := self.parser.next_request()) is not None:
+                        self._took([request])
         except ProtocolError as exc:
             assert self.error is None or exc is self.error, "a second, different error"
             self.error = exc
@@ -275,7 +284,7 @@ class ParserMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         """Feed the rest; then whole and byte by byte, on each path, must agree with the live parser."""
         if self.fed < len(self.stream):
-            self.feed(len(self.stream) - self.fed, use_parse_all=False)
+            self.feed(len(self.stream) - self.fed, drain="next")
         live = (self.got, None if self.error is None else self.error.message)
         for use_hiredis in PATHS:
             assert parse_whole(self.stream, None, use_hiredis) == live
@@ -314,7 +323,7 @@ def test_fuzz_target_holds_on_its_seeds(seed: bytes) -> None:
 def test_fuzz_seeds_reach_every_protocol_error() -> None:
     """The corpus starts the fuzzer next to every error the parser can give."""
     # The reference way only (fed whole): the test above checks the others agree with it.
-    reached = {fuzz_target.run(seed[1:], (), False, bool(seed[0] & 0x80), False)[1] for seed in fuzz_target.SEEDS}
+    reached = {fuzz_target.run(seed[1:], (), False, bool(seed[0] & 0x80), "next")[1] for seed in fuzz_target.SEEDS}
     messages = {
         getattr(request_parser, name)
         for name in dir(request_parser)
