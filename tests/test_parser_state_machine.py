@@ -64,7 +64,7 @@ MACHINE_SETTINGS = settings(
     max_examples=60,
     stateful_step_count=25,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 
 #: Mistakes whose Redis error is certain whatever follows them (fed at a request boundary).
