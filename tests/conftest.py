@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import MODES, RedisServer, ServerProcess
+from tests.support import MODES, ServerProcess
+from tests.test_client_fixtures import RedisServer, have_redis_server
 
 
 def _mode_id(mode: tuple[str, str]) -> str:
@@ -46,11 +47,10 @@ def fresh_server_factory() -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A real redis-server for differential tests (skipped where the binary is missing)."""
-    try:
-        process = RedisServer(tmp_path_factory.mktemp("redis"))
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server shared by the differential tests (skipped where the binary is missing)."""
+    if not have_redis_server():
+        pytest.skip("redis-server is not installed")
+    process = RedisServer()
     yield process
     process.stop()

@@ -6,7 +6,6 @@ import functools
 import json
 import os
 import resource
-import shutil
 import signal
 import socket
 import subprocess
@@ -113,73 +112,6 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode
-
-
-#: Attempts at starting redis-server on a free TCP port: the port is picked by binding port 0 and
-#: releasing it, so another process may take it before redis-server binds it (rare; retry).
-REDIS_START_ATTEMPTS = 3
-
-
-class RedisServer:
-    """A throwaway ``redis-server`` (the yardstick for differential tests): 127.0.0.1 on a free TCP
-    port plus a unix socket in ``directory``, no persistence, killed by :meth:`stop`.
-
-    Error handling: raises :class:`RuntimeError` when the binary is missing or does not start
-    (the fixture turns the missing binary into a skip).
-    """
-
-    def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server not installed")
-        self.host = "127.0.0.1"
-        self.unixsocket = str(directory / "redis.sock")
-        for _ in range(REDIS_START_ATTEMPTS):
-            self.port = _free_port()
-            command = [
-                binary, "--bind", self.host, "--port", str(self.port), "--unixsocket", self.unixsocket,
-                "--save", "", "--appendonly", "no", "--dir", str(directory),
-            ]  # fmt: skip
-            self.proc = subprocess.Popen(
-                command,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                stdin=subprocess.DEVNULL,
-            )
-            if self._wait_ready():
-                return
-            self.stop()
-        raise RuntimeError("redis-server did not start")
-
-    def _wait_ready(self) -> bool:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if os.path.exists(self.unixsocket):
-                try:
-                    socket.create_connection((self.host, self.port), timeout=1).close()
-                    return True
-                except OSError:
-                    pass
-            time.sleep(0.02)
-        return False
-
-    def connect(self) -> RespSocket:
-        return RespSocket(self.host, self.port)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RespSocket:

@@ -46,7 +46,7 @@ from server.protocol.request_parser import (
     UNAUTH_MBULK,
     UNBALANCED_QUOTES,
 )
-from tests.support import RedisServer
+from tests.test_client_fixtures import RedisServer
 
 PATHS = [False, True] if _hiredis_fast.AVAILABLE else [False]
 
@@ -626,16 +626,14 @@ def test_every_split_point_gives_the_same_result(use_hiredis: bool) -> None:
 
 
 @pytest.fixture
-def redis_socket(redis_server: RedisServer) -> str:
-    """The unix socket of the session's redis-server (tests/conftest.py)."""
-    return redis_server.unixsocket
+def redis_address(redis_server: RedisServer) -> tuple[str, int]:
+    """The address of the session's redis-server (tests/conftest.py)."""
+    return redis_server.host, redis_server.port
 
 
-def redis_reply_bytes(path: str, data: bytes) -> bytes:
+def redis_reply_bytes(address: tuple[str, int], data: bytes) -> bytes:
     """Everything redis-server answers to ``data`` before it closes or we stop sending."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
-        sock.connect(path)
+    with socket.create_connection(address, timeout=10) as sock:
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)
         received = b""
@@ -645,8 +643,8 @@ def redis_reply_bytes(path: str, data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(("line", "expected"), QUOTING)
-def test_quoting_matches_live_redis(redis_socket: str, line: bytes, expected: list[bytes] | None) -> None:
-    reply = redis_reply_bytes(redis_socket, b'EVAL "return ARGV" 0 ' + line + b"\r\n")
+def test_quoting_matches_live_redis(redis_address: tuple[str, int], line: bytes, expected: list[bytes] | None) -> None:
+    reply = redis_reply_bytes(redis_address, b'EVAL "return ARGV" 0 ' + line + b"\r\n")
     if expected is None:
         assert reply == encode_error(UNBALANCED_QUOTES)
     else:
@@ -654,11 +652,11 @@ def test_quoting_matches_live_redis(redis_socket: str, line: bytes, expected: li
 
 
 @pytest.mark.parametrize(("data", "message"), ERROR_CASES)
-def test_errors_match_live_redis(redis_socket: str, data: bytes, message: str) -> None:
+def test_errors_match_live_redis(redis_address: tuple[str, int], data: bytes, message: str) -> None:
     """Same wire bytes as Redis, except where crossdock's limits are lower than Redis's."""
     if b"%d" % (MAX_MULTIBULK_LENGTH + 1) in data or b"%d" % (MAX_BULK_LENGTH + 1) in data:
         pytest.skip("crossdock limit below Redis's")
-    reply = redis_reply_bytes(redis_socket, data)
+    reply = redis_reply_bytes(redis_address, data)
     assert reply.endswith(encode_error(message))
 
 
@@ -686,7 +684,7 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
     return bytes(out)
 
 
-def test_random_streams_match_live_redis(redis_socket: str) -> None:
+def test_random_streams_match_live_redis(redis_address: tuple[str, int]) -> None:
     """Differential check: mutated request streams, replies compared with what our parse implies.
 
     An EVAL "return ARGV" request must be answered with exactly the arguments
@@ -704,7 +702,7 @@ def test_random_streams_match_live_redis(redis_socket: str) -> None:
         if error is not None:
             expected.append(ErrorReply(encode_error(error)[1:-2].decode()))
         reader = ReplyParser(use_hiredis=False)
-        reader.feed(redis_reply_bytes(redis_socket, data))
+        reader.feed(redis_reply_bytes(redis_address, data))
         replies = []
         while (reply := reader.next_reply()) is not NOT_ENOUGH_DATA:
             replies.append(reply)
