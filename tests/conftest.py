@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support import MODES, ServerProcess
+from tests.test_client_fixtures import RedisServer, have_redis_server
 
 
 def _mode_id(mode: tuple[str, str]) -> str:
@@ -43,3 +44,13 @@ def fresh_server_factory() -> Iterator[object]:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server shared by the differential tests (skipped where the binary is missing)."""
+    if not have_redis_server():
+        pytest.skip("redis-server is not installed")
+    process = RedisServer()
+    yield process
+    process.stop()

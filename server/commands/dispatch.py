@@ -36,14 +36,27 @@ _NO_REPLY = b""
 
 
 def unknown_command_error(args: list[bytes]) -> str:
-    """Redis's exact text for an unknown command (networking.c / server.c processCommand)."""
-    quoted = ""
+    """Redis's exact text for an unknown command (server.c processCommand), byte for byte.
+
+    Redis prints the name and arguments with ``%.*s``: at most 128 bytes
+    each, cut at the first NUL, quoting arguments until 128 bytes of them are
+    written. Bytes that are not UTF-8 are kept as surrogates, which
+    :func:`~server.protocol.reply.encode_error` turns back into the same bytes.
+    """
+    quoted = b""
     for raw in args[1:]:
         if len(quoted) >= UNKNOWN_COMMAND_QUOTE_LIMIT:
             break
-        quoted += f"'{raw.decode(errors='replace')[: UNKNOWN_COMMAND_QUOTE_LIMIT - len(quoted)]}' "
-    name = args[0].decode(errors="replace")[:UNKNOWN_COMMAND_QUOTE_LIMIT]
-    return f"ERR unknown command '{name}', with args beginning with: {quoted}"
+        quoted += b"'" + _c_string(raw, UNKNOWN_COMMAND_QUOTE_LIMIT - len(quoted)) + b"' "
+    name = _c_string(args[0], UNKNOWN_COMMAND_QUOTE_LIMIT)
+    text = b"ERR unknown command '%b', with args beginning with: %b" % (name, quoted)
+    return text.decode("utf-8", "surrogateescape")
+
+
+def _c_string(raw: bytes, limit: int) -> bytes:
+    """What C's ``printf("%.*s", limit, raw)`` prints: up to the first NUL, at most ``limit`` bytes."""
+    nul = raw.find(b"\0", 0, limit)
+    return raw[: nul if nul >= 0 else limit]
 
 
 #: How Redis's wrong-arity error starts; a handler raising it for a subcommand makes a rejected call.
@@ -214,7 +227,8 @@ class Dispatcher:
             if parser.failed:
                 parser.parse_all()  # raises the error that followed the good requests
         except ProtocolError as exc:
-            log.debug("protocol_error", error=exc.message)
+            # The message may hold the client's raw bytes as surrogates: escape them for the log.
+            log.debug("protocol_error", error=exc.message.encode("utf-8", "backslashreplace").decode())
             client.close_requested = True
             yield encode_error(exc.message)
 

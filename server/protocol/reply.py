@@ -79,8 +79,14 @@ def _sanitize_line(text: str) -> str:
 
 
 def encode_error(message: str) -> bytes:
-    """Encode ``message`` (``"ERR something"``) as an error reply."""
-    return b"-" + _sanitize_line(message).encode() + _CRLF
+    """Encode ``message`` (``"ERR something"``) as an error reply.
+
+    Text is sent as UTF-8, except lone surrogates U+DC80..U+DCFF, which become
+    the raw bytes 0x80..0xFF (``surrogateescape``): an error that quotes the
+    client's bytes holds them decoded with ``errors="surrogateescape"``, so
+    they go back on the wire exactly as sent, as Redis sends them.
+    """
+    return b"-" + _sanitize_line(message).encode("utf-8", "surrogateescape") + _CRLF
 
 
 def encode_bulk(data: bytes) -> bytes:

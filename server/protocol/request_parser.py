@@ -20,8 +20,9 @@ Redis quirks matched on purpose (each checked against redis-server 7.0.15):
   invalid; ``*-5`` is a valid count that means "no request".
 * ``expected '$', got 'X'`` reports the raw byte; Redis (and the encoder)
   turn a CR or LF there into a space. ``message`` is text, so a byte above
-  0x7F appears as the Latin-1 character of that value (Redis sends the raw
-  byte, the encoder its UTF-8 form): the one place the wire bytes can differ.
+  0x7F is held as its ``surrogateescape`` character (U+DC80 + its value
+  - 0x80), which :func:`~server.protocol.reply.encode_error` sends as the raw
+  byte, as Redis does.
 * Before AUTH (:attr:`RequestParser.auth_required`) Redis caps a multibulk at
   10 elements and a bulk at 16 KiB with "unauthenticated" wording, checked
   after the ordinary limits.
@@ -540,7 +541,7 @@ class RequestParser:
                         if buf[p] != _DOLLAR:
                             if self._nul_blocks(p, nl, TOO_BIG_BULK):
                                 return False
-                            raise ProtocolError(EXPECTED_DOLLAR % chr(buf[p]))
+                            raise ProtocolError(EXPECTED_DOLLAR % bytes((buf[p],)).decode("utf-8", "surrogateescape"))
                         text = buf[p + 1 : nl]
                         if len(text) < 20 and text.isdigit() and (text[0] != _ZERO or len(text) == 1):
                             bulklen = int(text)
