@@ -195,7 +195,8 @@ def _serve(mode: str, executor: str, env: dict[str, str], *extra: str) -> Server
 
 
 def _crossdock_info(conn: RespSocket) -> dict[str, str]:
-    text = conn.call("INFO", "crossdock")
+    """INFO's crossdock and pool sections (executor fields, cpu-job counters) as one dict."""
+    text = conn.call("INFO", "crossdock", "pool")
     assert isinstance(text, bytes)
     return dict(line.split(":", 1) for line in text.decode().splitlines() if ":" in line)
 
@@ -379,8 +380,8 @@ def test_scheduler_loss_and_return(tmp_path: Path, module_env: dict[str, str]) -
             _poll(conn.call, ("PRIMES", 1000), 168)
             assert conn.call("FACTOR", 360) == [2, 2, 2, 3, 3, 5]
             conn.close()
-        for server in started:
-            assert any(line.get("event") == "dask_scheduler_lost" for line in server.lines)
+        # No assertion on the dask_scheduler_lost log line: the supervisor samples the Client's status every
+        # SUPERVISE_INTERVAL, and a Client that reconnects between two samples is never seen lost.
     finally:
         for server in started:
             server.stop()
