@@ -9,6 +9,7 @@ data, has its own lock (see :mod:`server.commands.keyspace`).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import threading
@@ -132,7 +133,10 @@ class ServerState:
 
     def reset_stats(self) -> None:
         """CONFIG RESETSTAT: zero the counters INFO stats, commandstats and latencystats report (not the slow log)."""
-        self.stats = Stats()
+        # In place: the front ends and the dispatcher hold this object for their hot paths.
+        fresh = Stats()
+        for item in dataclasses.fields(Stats):
+            setattr(self.stats, item.name, getattr(fresh, item.name))
         self.command_stats.reset()
 
     @property
