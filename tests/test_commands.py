@@ -295,3 +295,22 @@ def test_protocol_error_is_answered_then_the_connection_closes(server: ServerPro
     with server.connect() as conn:
         conn.send_raw(b"x" * (64 * 1024 + 10))
         assert conn.read_until_closed() == b"-ERR Protocol error: too big inline request\r\n"
+
+
+def test_plain_set_drops_the_ttl_and_counts_an_expired_key_it_overwrites(server: ServerProcess) -> None:
+    """SET with no options takes a fast path in the server; it must still behave as Redis's SET."""
+    k = key("plainset")
+    with server.connect() as conn:
+        assert conn.call("SET", k, "v1", "EX", 100) == SimpleString("OK")
+        assert conn.call("SET", k, "v2") == SimpleString("OK")
+        assert conn.call("TTL", k) == -1 and conn.call("GET", k) == b"v2"
+        before = conn.call("INFO", "stats")
+        assert isinstance(before, bytes)
+        expired_before = int(before.split(b"expired_keys:")[1].split(b"\r\n")[0])
+        assert conn.call("SET", k, "v3", "PX", 1) == SimpleString("OK")
+        time.sleep(0.05)
+        assert conn.call("SET", k, "v4") == SimpleString("OK")
+        after = conn.call("INFO", "stats")
+        assert isinstance(after, bytes)
+        assert int(after.split(b"expired_keys:")[1].split(b"\r\n")[0]) >= expired_before + 1
+        assert conn.call("GET", k) == b"v4" and conn.call("TTL", k) == -1

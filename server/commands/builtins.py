@@ -304,6 +304,9 @@ def get(ctx: CommandContext, args: list[bytes]) -> object:
     **_KEYSPACE,
 )
 def set_(ctx: CommandContext, args: list[bytes]) -> object:
+    if len(args) == 3:  # the common case, no options
+        ctx.server.keyspace.put(args[1], args[2])
+        return OK
     nx = xx = keep_ttl = get_old = False
     expire_option: bytes | None = None
     expire_at: int | None = None

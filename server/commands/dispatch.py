@@ -170,6 +170,8 @@ class Dispatcher:
             self.note_slow(name, elapsed, client, args)
         if result.__class__ is RawReply:  # constants such as +PONG and +OK: already encoded
             return result
+        if result.__class__ is bytes:  # a bulk string (GET, ECHO): encode_reply's first case, inlined
+            return b"$%d\r\n%b\r\n" % (len(result), result)
         if isinstance(result, Sleep):
             return result
         try:

@@ -54,10 +54,23 @@ class Keyspace:
 
     # -- commands ---------------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
+        # A key without a deadline needs no lock: one dict read is atomic, and a concurrent SET is seen
+        # either before or after it. Only expiring a key (a write) takes the lock.
+        if key not in self._expires:
+            return self._data.get(key)
         with self._lock:
-            if key in self._expires and not self._alive(key, now_ms()):
+            if not self._alive(key, now_ms()):
                 return None
             return self._data.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Plain ``SET key value``: write it and drop any deadline (no options, so no existence check)."""
+        with self._lock:
+            self._data[key] = value
+            if self._expires:
+                deadline = self._expires.pop(key, None)
+                if deadline is not None and deadline <= now_ms():  # it had expired: Redis counts that first
+                    self.expired_keys += 1
 
     def set(
         self,
