@@ -157,7 +157,7 @@ class Connection(asyncio.Protocol):
             return
         if self._over_output_limit():
             return
-        buffered = self.parser.buffered
+        buffered = self.parser.held
         if buffered:
             self._note_partial_request(buffered, served)
         elif self.client.request_started:

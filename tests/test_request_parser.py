@@ -120,6 +120,7 @@ def run_parse_chunk(data: bytes, use_hiredis: bool, sizes: list[int] | None = No
             batch = parser.parse_chunk(piece)
         except ProtocolError as exc:
             return requests, exc.message
+        assert parser.held == parser.buffered  # the front ends read the attribute, not the property
         requests += batch
         if batch and parser.failed:
             try:

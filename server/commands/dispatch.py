@@ -235,8 +235,8 @@ class Dispatcher:
                 yield execute(ctx, args)
                 if client.close_requested:
                     return
-            if parser.failed:
-                parser.parse_all()  # raises the error that followed the good requests
+            if parser.error is not None:
+                raise parser.error  # the error that followed the good requests
         except ProtocolError as exc:
             # The message may hold the client's raw bytes as surrogates: escape them for the log.
             log.debug("protocol_error", error=exc.message.encode("utf-8", "backslashreplace").decode())

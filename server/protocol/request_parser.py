@@ -176,7 +176,6 @@ class RequestParser:
         "_bulklen",
         "_cap_bulk",
         "_cap_count",
-        "_error",
         "_hr_reader",
         "_hr_region_end",
         "_hr_resume",
@@ -189,6 +188,8 @@ class RequestParser:
         "_remaining",
         "_scan",
         "_use_hiredis",
+        "error",
+        "held",
     )
 
     def __init__(
@@ -209,7 +210,11 @@ class RequestParser:
         self._bulklen = -1  # -1: a "$len" line comes next; else the data length awaited
         self._partial_bytes = 0  # bytes held in _args
         self._scan = 0  # the current line has no end before this index (or _BLOCKED)
-        self._error: ProtocolError | None = None
+        #: The protocol error found, once there is one (sticky); :attr:`failed` says the same.
+        self.error: ProtocolError | None = None
+        #: :attr:`buffered` as of the last feed or parse: a plain attribute, read once per chunk by the
+        #: front ends (a property call there costs more than the parse of a small request).
+        self.held = 0
         self._hr_reader: Any = None  # hiredis reader working on a region
         self._hr_spare: Any = None  # an idle, empty reader kept for reuse
         self._hr_region_end = 0  # end of the region fed to _hr_reader
@@ -255,7 +260,7 @@ class RequestParser:
     @property
     def failed(self) -> bool:
         """True once a protocol error was found (raised, or due from the next parse call)."""
-        return self._error is not None
+        return self.error is not None
 
     @property
     def uses_hiredis(self) -> bool:
@@ -278,7 +283,7 @@ class RequestParser:
         After a protocol error the data is discarded: the connection is about
         to be closed and nothing more will be parsed.
         """
-        if self._error is not None or not data:
+        if self.error is not None or not data:
             return
         buf = self._buf
         pos = self._pos
@@ -292,6 +297,7 @@ class RequestParser:
             self._hr_region_end -= pos
             self._hr_resume -= pos
         buf += data
+        self.held = len(buf) - self._pos + self._partial_bytes
 
     # -- output --------------------------------------------------------------------------
 
@@ -318,7 +324,7 @@ class RequestParser:
         error after good requests is raised by the next call.
         """
         if (
-            self._error is None
+            self.error is None
             and self._args is None
             and self._pos == len(self._buf)
             and data[:1] == b"*"
@@ -350,8 +356,8 @@ class RequestParser:
         return out
 
     def _run(self, out: list[list[bytes]], limit: int) -> None:
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
         try:
             while len(out) < limit:
                 if self._hr_reader is not None:
@@ -367,7 +373,7 @@ class RequestParser:
                     return  # needs more data
         except ProtocolError as exc:
             # Sticky from now on; drop everything held, the connection is done.
-            self._error = exc
+            self.error = exc
             self._hr_reader = self._hr_spare = None
             self._buf = bytearray()
             self._pos = 0
@@ -375,6 +381,8 @@ class RequestParser:
             self._partial_bytes = 0
             if not out:
                 raise
+        finally:
+            self.held = len(self._buf) - self._pos + self._partial_bytes
 
     # -- hiredis fast path ---------------------------------------------------------------
 
