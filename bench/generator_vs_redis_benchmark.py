@@ -15,12 +15,12 @@ import argparse
 import datetime
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
 import sys
 
+from loadtest.redisbench import run_redis_benchmark
 from loadtest.servers import start_redis
 
 #: Seconds any one tool run may take before it is abandoned (a healthy run takes a few seconds).
@@ -34,17 +34,10 @@ def children_cpu() -> float:
 
 
 def redis_benchmark(port: int, connections: int, requests: int, cpus: list[int], pipeline: int) -> float:
-    command = [
-        "redis-benchmark", "-p", str(port), "-c", str(connections), "-n", str(requests),
-        "-t", "ping_mbulk", "-q", "-P", str(pipeline),
-    ]  # fmt: skip
-    if cpus:
-        command = ["taskset", "-c", ",".join(map(str, cpus)), *command]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT).stdout
-    match = re.search(r"PING_MBULK: ([\d.]+) requests per second", out.replace("\r", "\n"))
-    if match is None:
-        raise RuntimeError(f"cannot parse redis-benchmark output: {out[-300:]!r}")
-    return float(match.group(1))
+    run = run_redis_benchmark(port, ["ping_mbulk"], connections, requests, pipeline, cpus, timeout=RUN_TIMEOUT)
+    if not run.ok:
+        raise RuntimeError(f"redis-benchmark run failed: {run.problems}: {run.output_tail[-300:]!r}")
+    return run.rps["PING_MBULK"]
 
 
 def crossdock_loadtest(

@@ -35,7 +35,8 @@ MODES: Final = (
 )
 
 
-def _pin(cpus: Sequence[int]) -> None:
+def pin_to(cpus: Sequence[int]) -> None:
+    """Restrict the calling process (and what it later starts) to ``cpus``; nothing if empty."""
     if cpus:
         os.sched_setaffinity(0, set(cpus))
 
@@ -56,7 +57,7 @@ class RunningServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            preexec_fn=(lambda: _pin(self.cpus)) if self.cpus else None,
+            preexec_fn=(lambda: pin_to(self.cpus)) if self.cpus else None,
         )
         threading.Thread(target=self._read, daemon=True).start()
         if port is not None:
@@ -94,6 +95,18 @@ class RunningServer:
         self.stop()
         raise RuntimeError(f"{self.name} did not listen on port {self.port}")
 
+    def event(self, name: str) -> dict[str, object] | None:
+        """The first JSON log line whose ``event`` is ``name`` (e.g. crossdock's ``pool_ready``), or None."""
+        for line in list(self.log):
+            if line.startswith("{"):
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict) and event.get("event") == name:
+                    return event
+        return None
+
     def stop(self) -> int:
         """SIGTERM, wait, SIGKILL if needed; returns the exit status."""
         if self.proc.poll() is None:
@@ -112,12 +125,14 @@ class RunningServer:
         self.stop()
 
 
-def start_crossdock(mode: str, cpu: str, workers: int, cpus: Sequence[int] = ()) -> RunningServer:
-    """``python -m server serve`` in one mode, on a kernel-chosen port."""
+def start_crossdock(
+    mode: str, cpu: str, workers: int, cpus: Sequence[int] = (), extra: Sequence[str] = ()
+) -> RunningServer:
+    """``python -m server serve`` in one mode, on a kernel-chosen port; ``extra`` flags are appended."""
     command = [
         sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", "0",
         "--mode", mode, "--cpu", cpu, "--workers", str(workers),
-        "--log-format", "json", "--log-level", "info",
+        "--log-format", "json", "--log-level", "info", *extra,
     ]  # fmt: skip
     return RunningServer(f"{mode}+{cpu}", command, cpus, None)
 
@@ -134,14 +149,21 @@ def redis_available() -> bool:
     return shutil.which("redis-server") is not None
 
 
-def start_redis(cpus: Sequence[int] = ()) -> RunningServer:
-    """redis-server on 127.0.0.1, no persistence, no protected mode surprises."""
+def redis_command(port: int) -> list[str]:
+    """The redis-server command line used everywhere: 127.0.0.1:``port``, no persistence, quiet.
+
+    Error handling: raises RuntimeError if redis-server is not installed.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed")
-    port = free_port()
-    command = [
+    return [
         binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
         "--daemonize", "no", "--maxclients", "100000", "--loglevel", "warning",
     ]  # fmt: skip
-    return RunningServer("redis", command, cpus, port)
+
+
+def start_redis(cpus: Sequence[int] = ()) -> RunningServer:
+    """redis-server on 127.0.0.1, no persistence, no protected mode surprises."""
+    port = free_port()
+    return RunningServer("redis", redis_command(port), cpus, port)
