@@ -134,15 +134,17 @@ class Connection(asyncio.Protocol):
         """Parse every request in ``data``, answer what can be answered now, write once."""
         if self._reading_done:
             return
+        pending = self._pending
+        out = self._out
         served = False
         try:
             for result in self.dispatcher.run_chunk(self.ctx, self.parser, data):
                 served = True
                 if isinstance(result, bytes):
-                    if self._pending:
-                        self._pending.append(result)
+                    if pending:
+                        pending.append(result)
                     else:
-                        self._out.append(result)
+                        out.append(result)
                     self._out_bytes += len(result)
                     if self._out_bytes >= WRITE_BUFFER_HIGH_WATER:  # a pipeline of large replies: write early
                         self._write_out()
@@ -150,21 +152,27 @@ class Connection(asyncio.Protocol):
                             return
                 else:
                     self._start_action(result)
-            self._write_out()
+            if out:
+                self._write_out()
         except Exception:
             log.warning("connection_failed", client_id=self.client.id, exc_info=True)
             self.transport.abort()
             return
-        if self._over_output_limit():
+        # The output cap can only be passed with replies held back, with the transport above its high-water
+        # mark (it has called pause_writing), or with a cap set below that mark: skip the check otherwise.
+        if (
+            self._out_bytes or self._paused_for_writes or self._closed or self.server.small_output_limit
+        ) and self._over_output_limit():
             return
+        client = self.client
         buffered = self.parser.held
         if buffered:
             self._note_partial_request(buffered, served)
-        elif self.client.request_started:
-            self.client.request_started = 0.0
-        if self.client.close_requested:
+        elif client.request_started:
+            client.request_started = 0.0
+        if client.close_requested:
             self._stop_reading()
-        elif len(self._pending) >= MAX_PENDING_REPLIES_PER_CLIENT and not self._paused_for_queue:
+        elif pending and len(pending) >= MAX_PENDING_REPLIES_PER_CLIENT and not self._paused_for_queue:
             self._paused_for_queue = True
             self._update_reading()
 
@@ -369,6 +377,8 @@ class AsyncServer:
 
     def __init__(self, config: Config, command_registry: Registry = registry) -> None:
         self.config = config
+        #: An output cap below the transport's high-water mark can be passed without pause_writing.
+        self.small_output_limit = config.output_buffer_limit <= WRITE_BUFFER_HIGH_WATER
         self.registry = command_registry
         self.state = ServerState(config, thread_safe=False)
         self.dispatcher = Dispatcher(command_registry, self.state)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from server.commands.keyspace import Keyspace
+from server.commands.keyspace import Keyspace, LockedKeyspace
 from server.commands.slowlog import SlowLog
 from server.commandstats import CommandStatsTable
 
@@ -92,7 +92,7 @@ class ServerState:
 
     def __init__(self, config: Config, *, thread_safe: bool) -> None:
         self.config = config
-        self.keyspace = Keyspace(thread_safe=thread_safe)
+        self.keyspace = LockedKeyspace() if thread_safe else Keyspace()
         self.stats = Stats()
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()

@@ -64,13 +64,16 @@ class Keyspace:
             return self._data.get(key)
 
     def put(self, key: bytes, value: bytes) -> None:
-        """Plain ``SET key value``: write it and drop any deadline (no options, so no existence check)."""
-        with self._lock:
-            self._data[key] = value
-            if self._expires:
-                deadline = self._expires.pop(key, None)
-                if deadline is not None and deadline <= now_ms():  # it had expired: Redis counts that first
-                    self.expired_keys += 1
+        """Plain ``SET key value``: write it and drop any deadline (no options, so no existence check).
+
+        The event loop's keyspace runs this without a lock at all (the hot
+        path of SET); under threads :class:`LockedKeyspace` wraps it.
+        """
+        self._data[key] = value
+        if self._expires:
+            deadline = self._expires.pop(key, None)
+            if deadline is not None and deadline <= now_ms():  # it had expired: Redis counts that first
+                self.expired_keys += 1
 
     def set(
         self,
@@ -190,3 +193,14 @@ class Keyspace:
                     self._expires[key] = deadline
             self.expired_keys += victims
             return victims
+
+
+class LockedKeyspace(Keyspace):
+    """The keyspace the threaded front end shares between connection threads: :meth:`put` under the lock too."""
+
+    def __init__(self) -> None:
+        super().__init__(thread_safe=True)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        with self._lock:
+            super().put(key, value)
