@@ -581,6 +581,11 @@ def test_encoded_commands_round_trip(requests: list[list[bytes]], sizes: list[in
         encode_command("PING") + b"*9999999999\r\n",
         b"*1\r\n$4\r\nPI\x00G\r\n" + encode_command("PING"),
         b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$20000\r\n" + b"v" * 20000 + b"\r\n",
+        encode_command("SET", "key", "value") + b"*999\r\n" * 30 + encode_command("PING"),
+        encode_command("SET", "key", "value") + b"*2\r\n*1\r\n$1\r\nx\r\n$1\r\ny\r\n",
+        encode_command("SET", "key", "value") + b"*1\r\n:1\r\n" + encode_command("PING"),
+        encode_command("SET", "key", "value") * 3 + b"*1\r\n$5\r\nPING\r\n",
+        encode_command("SET", "key", "value", "EX", "100") * 2 + encode_command("GET", "x" * 600),
     ],
 )
 def test_parse_chunk_fast_path_agrees_with_the_parser(data: bytes, use_hiredis: bool) -> None:
