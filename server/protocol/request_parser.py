@@ -173,6 +173,56 @@ def _simple_multibulk_prefix(data: bytes, cap_count: int, cap_bulk: int) -> tupl
         pos = p
     return out, pos
 
+#: How a run of :func:`_take_proven` ended.
+_LIMIT_REACHED: Final = "limit"  # ``limit`` requests taken; the reader may go on
+_REGION_DONE: Final = "clean"  # the region is used up exactly: the reader is empty and may be reused
+_STOPPED: Final = "stopped"  # an unprovable, capped, incomplete or large request: the pure parser goes on
+
+
+def _take_proven(
+    reader: Any,
+    startswith: Any,
+    pos: int,
+    region_end: int,
+    out: list[list[bytes]],
+    limit: int,
+    cap_count: int,
+    cap_bulk: int,
+) -> tuple[int, str]:
+    """Take requests from a hiredis ``reader`` fed the bytes from ``pos`` to ``region_end``, proving each one.
+
+    A request is taken only when its canonical encoding is exactly the bytes
+    at ``pos`` (``startswith`` of the buffer or chunk it was fed from) and it
+    is within the caps; the first that is not ends the run. Returns the new
+    position and how the run ended. Shared by the buffer path
+    (:meth:`RequestParser._hiredis_take`) and the read-chunk fast path
+    (:meth:`RequestParser._hiredis_prefix`).
+    """
+    gets = reader.gets
+    canonical = _hiredis_fast.canonical_request
+    big = _hiredis_fast.BIG_ELEMENT
+    try:
+        while len(out) < limit:
+            args = gets()
+            if args.__class__ is not list:
+                # NEED_MORE: the region is used up. Anything else (None for
+                # "*-1", an int, an error object) is left to the pure path.
+                return pos, _REGION_DONE if args is _hiredis_fast.NEED_MORE and pos == region_end else _STOPPED
+            if not args or len(args) > cap_count:
+                return pos, _STOPPED
+            wire = canonical(args)
+            if len(wire) > cap_bulk and max(map(len, args)) > cap_bulk:
+                return pos, _STOPPED
+            if not startswith(wire, pos):
+                return pos, _STOPPED
+            pos += len(wire)
+            out.append(args)
+            if len(wire) > big * len(args):
+                return pos, _STOPPED  # large values: the pure parser is faster from here
+    except Exception:
+        return pos, _STOPPED  # hiredis's own protocol error, or a non-bytes element: not provable
+    return pos, _LIMIT_REACHED
+
 
 class RequestParser:
     """Feed it bytes, take requests (``list[bytes]``) out; see the module docstring.
@@ -424,33 +474,8 @@ class RequestParser:
         spare.reader = None
         reader.feed(data, 0, end)
         out: list[list[bytes]] = []
-        pos = 0
-        cap_count = self._cap_count
-        cap_bulk = self._cap_bulk
-        canonical = _hiredis_fast.canonical_request
-        big = _hiredis_fast.BIG_ELEMENT
-        startswith = data.startswith
-        clean = False
-        try:
-            while True:
-                args = reader.gets()
-                if args.__class__ is not list:
-                    clean = args is _hiredis_fast.NEED_MORE and pos == end
-                    break
-                if not args or len(args) > cap_count:
-                    break
-                wire = canonical(args)
-                if len(wire) > cap_bulk and max(map(len, args)) > cap_bulk:
-                    break
-                if not startswith(wire, pos):
-                    break
-                pos += len(wire)
-                out.append(args)
-                if len(wire) > big * len(args):
-                    break
-        except Exception:
-            pass  # hiredis's own protocol error, or a non-bytes element: not provable
-        if clean and end <= _hiredis_fast.REUSE_MAX_REGION:
+        pos, ended = _take_proven(reader, data.startswith, 0, end, out, _NO_LIMIT, self._cap_count, self._cap_bulk)
+        if ended is _REGION_DONE and end <= _hiredis_fast.REUSE_MAX_REGION:
             spare.reader = reader
         return out, pos
 
@@ -486,42 +511,14 @@ class RequestParser:
     def _hiredis_take(self, out: list[list[bytes]], limit: int) -> None:
         """Take proven requests from the hiredis reader; stop it at the first unprovable one."""
         reader = self._hr_reader
-        gets = reader.gets
-        buf = self._buf
-        startswith = buf.startswith
-        pos = self._pos
-        cap_count = self._cap_count
-        cap_bulk = self._cap_bulk
-        canonical = _hiredis_fast.canonical_request
-        big = _hiredis_fast.BIG_ELEMENT
-        clean = False
-        try:
-            while len(out) < limit:
-                args = gets()
-                if args.__class__ is not list:
-                    # NEED_MORE: the region is used up. Anything else (None for
-                    # "*-1", an int, an error object) is left to the pure path.
-                    clean = args is _hiredis_fast.NEED_MORE and pos == self._hr_region_end
-                    break
-                if not args or len(args) > cap_count:
-                    break
-                wire = canonical(args)
-                if len(wire) > cap_bulk and max(map(len, args)) > cap_bulk:
-                    break
-                if not startswith(wire, pos):
-                    break
-                pos += len(wire)
-                out.append(args)
-                if len(wire) > big * len(args):
-                    break  # large values: the pure parser is faster from here
-            else:
-                self._pos = pos
-                return  # limit reached; the reader stays active
-        except Exception:
-            pass  # hiredis's own protocol error, or a non-bytes element: not provable
+        pos, ended = _take_proven(
+            reader, self._buf.startswith, self._pos, self._hr_region_end, out, limit, self._cap_count, self._cap_bulk
+        )
         self._pos = pos
+        if ended is _LIMIT_REACHED:
+            return  # the reader stays active
         self._hr_reader = None
-        if clean and self._hr_reusable:
+        if ended is _REGION_DONE and self._hr_reusable:
             self._hr_spare = reader
 
     # -- pure path -----------------------------------------------------------------------
