@@ -55,7 +55,7 @@ from typing import Any, Protocol
 import structlog
 
 from server.commands.actions import RunCpu
-from server.pool import WORKER_DIED, JobStart, cpu_failure_reply, cpu_reply
+from server.pool import WORKER_DIED, JobPool, JobStart, cpu_failure_reply, cpu_reply
 from server.protocol import encode_error
 
 log = structlog.get_logger("crossdock.cpu")
@@ -87,34 +87,6 @@ def timeout_error(command: str, seconds: float) -> str:
 
 #: Reply when a job cannot be submitted at all (the pool is shut down, or keeps breaking).
 POOL_UNAVAILABLE = "ERR cpu pool unavailable, try again later"
-
-
-class JobPool(Protocol):
-    """What :class:`CpuJobs` needs from an executor-owning pool (:class:`server.pool.CpuPool` has it).
-
-    ``executor`` is the current executor (replaced when broken); ``job_slots``
-    bounds the jobs outstanding at once; ``job_call`` wraps one request for
-    submission so that it marks its start; ``job_started`` reads that mark;
-    ``stop_job`` stops the worker running a job (whatever else that costs the
-    executor, its other jobs fail with an executor error and are resubmitted);
-    ``replace_broken`` swaps in a fresh executor once per broken one.
-    """
-
-    workers: int
-    job_slots: int
-
-    @property
-    def executor(self) -> Any: ...
-
-    def job_call(
-        self, job_id: int, slot: int, func: Callable[..., Any], args: tuple[Any, ...]
-    ) -> tuple[Callable[..., Any], tuple[Any, ...]]: ...
-
-    def job_started(self, executor: Any, job_id: int, slot: int) -> JobStart | None: ...
-
-    def stop_job(self, executor: Any, start: JobStart) -> None: ...
-
-    def replace_broken(self, broken: Any) -> bool: ...
 
 
 class _JobFuture(Protocol):

@@ -221,28 +221,22 @@ class _Executor(concurrent.futures.ProcessPoolExecutor):
     generation = 0
 
 
-class CpuBackend(Protocol):
-    """What the front ends and the cpu-job policy need from a cpu executor.
+class JobPool(Protocol):
+    """What :class:`server.cpu_jobs.CpuJobs` needs from an executor-owning pool (:class:`CpuPool` has it).
 
-    :class:`CpuPool` here, or ``server.dask_executor.DaskPool``; it is
-    :class:`server.cpu_jobs.JobPool` plus what INFO and the lifecycle use.
+    ``executor`` is the current executor (replaced when broken); ``job_slots``
+    bounds the jobs outstanding at once; ``job_call`` wraps one request for
+    submission so that it marks its start; ``job_started`` reads that mark;
+    ``stop_job`` stops the worker running a job (whatever else that costs the
+    executor, its other jobs fail with an executor error and are resubmitted);
+    ``replace_broken`` swaps in a fresh executor once per broken one.
     """
 
-    #: ``process`` or ``dask`` (INFO).
-    kind: str
-    #: Where the work goes: empty for the local pool, the scheduler's ``tcp://HOST:PORT`` for Dask.
-    address: str
-    #: How many times the executor (or the Dask client) was replaced after a failure.
-    restarts: int
-    #: How many jobs may be outstanding at once.
-    job_slots: int
-    #: How many jobs run at once (the rest wait): the pool's processes, or the Dask workers' threads.
     workers: int
+    job_slots: int
 
     @property
-    def executor(self) -> concurrent.futures.Executor:
-        """Handed to ``loop.run_in_executor`` or ``submit``; read it per request, as it may be replaced."""
-        ...
+    def executor(self) -> Any: ...
 
     def job_call(
         self, job_id: int, slot: int, func: Callable[..., Any], args: tuple[Any, ...]
@@ -253,6 +247,20 @@ class CpuBackend(Protocol):
     def stop_job(self, executor: Any, start: JobStart) -> None: ...
 
     def replace_broken(self, broken: Any) -> bool: ...
+
+
+class CpuBackend(JobPool, Protocol):
+    """What the front ends need from a cpu executor besides :class:`JobPool`: what INFO and the lifecycle use.
+
+    :class:`CpuPool` here, or ``server.dask_executor.DaskPool``.
+    """
+
+    #: ``process`` or ``dask`` (INFO).
+    kind: str
+    #: Where the work goes: empty for the local pool, the scheduler's ``tcp://HOST:PORT`` for Dask.
+    address: str
+    #: How many times the executor (or the Dask client) was replaced after a failure.
+    restarts: int
 
     def worker_count(self) -> int: ...
 
