@@ -16,7 +16,6 @@ Each instance has its own keyspace: the load test's keys are split between them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import socket
@@ -26,36 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from loadtest.servers import RunningServer, free_port, start_crossdock
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "deploy" / "haproxy.cfg"
 
 #: Seconds to wait for an instance's "started" line and for HAProxy's checks (inter 2s, rise 2) to pass.
 START_WAIT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_instance(workers: int, mode: str, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """``crossdock serve --port 0`` logging JSON to ``log_path``; the process and the port of its ``started`` line."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--port", "0", "--workers", str(workers), "--mode", mode,
-             "--log-format", "json"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    deadline = time.monotonic() + START_WAIT
-    while time.monotonic() < deadline and proc.poll() is None:
-        for line in log_path.read_text().splitlines():
-            event = json.loads(line) if line.startswith("{") else {}
-            if event.get("event") == "started":
-                return proc, int(event["port"])
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"a crossdock instance did not start: {log_path.read_text()[-2000:]}")
 
 
 def resp_info(port: int, section: str) -> dict[str, str]:
@@ -95,14 +71,13 @@ def main() -> int:
         raise SystemExit("haproxy is not installed (apt-get install haproxy)")
     loadtest_args = args.loadtest_args or ["-c", "200", "-d", "10", "-s", "ping"]
 
+    instances: list[RunningServer] = []
     started: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="crossdock-haproxy-") as tmp:
         try:
-            ports = []
-            for i in (1, 2):
-                proc, port = start_instance(args.workers, args.mode, Path(tmp) / f"crossdock{i}.log")
-                started.append(proc)
-                ports.append(port)
+            for _ in (1, 2):
+                instances.append(start_crossdock(args.mode, "pool", args.workers))
+            ports = [instance.port for instance in instances]
             front = free_port()
             stats_socket = Path(tmp) / "haproxy.sock"
             env = {
@@ -149,14 +124,15 @@ def main() -> int:
             print("\n(each instance has its own keyspace: see docs/deployment.md)")
             return code
         finally:
-            for proc in reversed(started):
+            for proc in started:
                 if proc.poll() is None:
                     proc.terminate()
-            for proc in started:
                 try:
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+            for instance in instances:
+                instance.stop()
 
 
 if __name__ == "__main__":

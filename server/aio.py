@@ -31,7 +31,7 @@ import structlog
 from server import security, tls
 from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep, registry
 from server.config import Config
-from server.cpu_jobs import CpuJobs
+from server.cpu_jobs import CpuJobs, attach_pool
 from server.limits import (
     EXPIRE_SWEEP_INTERVAL,
     LISTEN_BACKLOG,
@@ -49,10 +49,10 @@ from server.resources import (
     WRITE_TIMEOUT,
     RateLimitedLog,
     StartupError,
-    adjust_open_files_limit,
     clients_cron_interval,
     deadline_passed,
     descriptors_exhausted,
+    fit_open_files,
     note_limit_close,
 )
 from server.state import ClientState, ServerState, format_address
@@ -401,16 +401,14 @@ class AsyncServer:
         Error handling: a descriptor limit too low for the server itself
         raises :class:`~server.resources.StartupError` before anything starts.
         """
-        files = adjust_open_files_limit(self.config)
-        if files.maxclients != self.config.maxclients:
-            self.config = self.state.config = self.config.with_overrides(maxclients=files.maxclients)
-        config = self.config
+        config = self.config = fit_open_files(self.state)
         ssl_context = tls.server_context_or_exit(config)  # a bad certificate stops start-up before the pool
         if config.cpu == "pool":
             self.pool = await asyncio.to_thread(start_pool, config)
-            self.state.pool_size = config.workers
-            self.state.pool = self.pool
-            self.state.cpu_jobs = self.cpu_jobs = self._start_cpu_jobs(self.pool)
+            loop = asyncio.get_running_loop()
+            self.cpu_jobs = attach_pool(
+                self.state, self.pool, submit=loop.run_in_executor, call_soon=loop.call_soon_threadsafe
+            )
         else:
             log.warning(
                 "cpu_inline_blocks_loop",
@@ -544,17 +542,6 @@ class AsyncServer:
             keyspace.sweep_expired()
 
     # -- cpu commands ----------------------------------------------------------------------
-    def _start_cpu_jobs(self, pool: CpuBackend) -> CpuJobs:
-        """The shared cpu-job policy, submitting through ``loop.run_in_executor`` and acting on the loop."""
-        loop = asyncio.get_running_loop()
-        return CpuJobs(
-            pool,
-            queue_limit=self.config.effective_cpu_queue_limit,
-            timeout=self.config.cpu_timeout,
-            submit=loop.run_in_executor,
-            call_soon=loop.call_soon_threadsafe,
-        )
-
     def run_cpu(self, action: RunCpu, client_id: int) -> asyncio.Future[bytes]:
         """Run a cpu command (pool or inline) and return a future of its reply bytes; it never fails.
 

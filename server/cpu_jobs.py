@@ -50,13 +50,16 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from server.commands.actions import RunCpu
-from server.pool import WORKER_DIED, JobPool, JobStart, cpu_failure_reply, cpu_reply
+from server.pool import WORKER_DIED, CpuBackend, JobPool, JobStart, cpu_failure_reply, cpu_reply
 from server.protocol import encode_error
+
+if TYPE_CHECKING:
+    from server.state import ServerState
 
 log = structlog.get_logger("crossdock.cpu")
 
@@ -377,6 +380,26 @@ class CpuJobs:
         self._closed.set()
 
 
+def attach_pool(state: ServerState, pool: CpuBackend, *, submit: Any, call_soon: Any) -> CpuJobs:
+    """Record a started ``pool`` on ``state`` and put the cpu-job policy in front of it.
+
+    ``submit`` and ``call_soon`` are the front end's: ``loop.run_in_executor``
+    and ``loop.call_soon_threadsafe`` on the event loop, :func:`threaded_submit`
+    and :func:`call_directly` under threads. Limits come from ``state.config``.
+    """
+    config = state.config
+    state.pool_size = config.workers
+    state.pool = pool
+    state.cpu_jobs = CpuJobs(
+        pool,
+        queue_limit=config.effective_cpu_queue_limit,
+        timeout=config.cpu_timeout,
+        submit=submit,
+        call_soon=call_soon,
+    )
+    return state.cpu_jobs
+
+
 def threaded_submit(executor: Any, fn: Callable[..., Any], *args: Any) -> _JobFuture:
     """The threaded front end's submitter: ``executor.submit``."""
     future: concurrent.futures.Future[Any] = executor.submit(fn, *args)
@@ -394,6 +417,7 @@ __all__ = [
     "CpuJobs",
     "Job",
     "JobPool",
+    "attach_pool",
     "busy_error",
     "call_directly",
     "threaded_submit",

@@ -37,7 +37,7 @@ from server.limits import (
 
 if TYPE_CHECKING:
     from server.config import Config
-    from server.state import ClientState
+    from server.state import ClientState, ServerState
 
 log = structlog.get_logger("crossdock.resources")
 
@@ -129,6 +129,19 @@ def adjust_open_files_limit(config: Config) -> FilesLimit:
         "low ulimit. If you need higher maxclients increase 'ulimit -n'."
     )
     return FilesLimit(maxclients, soft, best, needed)
+
+
+def fit_open_files(state: ServerState) -> Config:
+    """:func:`adjust_open_files_limit` for the server's config; a lowered maxclients is written back.
+
+    Both front ends call this first thing at start-up and use the returned
+    (possibly lowered) config from then on; INFO and CONFIG GET read it from
+    ``state.config``.
+    """
+    files = adjust_open_files_limit(state.config)
+    if files.maxclients != state.config.maxclients:
+        state.config = state.config.with_overrides(maxclients=files.maxclients)
+    return state.config
 
 
 def clients_cron_interval(config: Config) -> float:

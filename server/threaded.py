@@ -34,7 +34,7 @@ import structlog
 from server import security, tls
 from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep, registry
 from server.config import Config
-from server.cpu_jobs import CpuJobs, call_directly, threaded_submit
+from server.cpu_jobs import CpuJobs, attach_pool, call_directly, threaded_submit
 from server.limits import (
     ACCEPT_RETRY_DELAY,
     EXPIRE_SWEEP_INTERVAL,
@@ -53,9 +53,9 @@ from server.resources import (
     WRITE_TIMEOUT,
     RateLimitedLog,
     StartupError,
-    adjust_open_files_limit,
     clients_cron_interval,
     deadline_passed,
+    fit_open_files,
     note_limit_close,
 )
 from server.state import ClientState, ServerState, format_address
@@ -152,22 +152,11 @@ class ThreadedServer:
         Error handling: a descriptor limit too low for the server itself
         raises :class:`~server.resources.StartupError` before anything starts.
         """
-        files = adjust_open_files_limit(self.config)
-        if files.maxclients != self.config.maxclients:
-            self.config = self.state.config = self.config.with_overrides(maxclients=files.maxclients)
-        config = self.config
+        config = self.config = fit_open_files(self.state)
         self._ssl = tls.server_context_or_exit(config)  # a bad certificate stops start-up before the pool
         if config.cpu == "pool":
             self.pool = start_pool(config)
-            self.state.pool_size = config.workers
-            self.state.pool = self.pool
-            self.state.cpu_jobs = self.cpu_jobs = CpuJobs(
-                self.pool,
-                queue_limit=config.effective_cpu_queue_limit,
-                timeout=config.cpu_timeout,
-                submit=threaded_submit,
-                call_soon=call_directly,
-            )
+            self.cpu_jobs = attach_pool(self.state, self.pool, submit=threaded_submit, call_soon=call_directly)
         self._tcp = _TCPServer((config.host, config.port), self)
         self.state.bound_port = self._tcp.server_address[1]
         self._serve_thread = threading.Thread(

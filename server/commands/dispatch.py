@@ -133,7 +133,7 @@ class Dispatcher:
             name = subcommand_name(command, args[1])
         counters = self._by_name.get(name) or self._table.get(name, command.kind.value)
         arity = command.arity
-        if (len(args) != arity) if arity >= 0 else (len(args) < -arity):  # Command.arity_ok, inlined
+        if (len(args) != arity) if arity >= 0 else (len(args) < -arity):  # Redis arity: exact, or -N = at least N
             stats.total_error_replies += 1
             counters.rejected += 1
             return encode_error(wrong_arity_error(command.name))
@@ -263,12 +263,6 @@ class Dispatcher:
         if elapsed >= self._slow_ns:
             client = self.server.clients.get(client_id)
             self.note_slow(action.name, elapsed, client, action.argv or [action.name.encode()])
-
-    def note_if_slow(self, name: str, started_ns: int, client_id: int) -> None:
-        """Log ``name`` as a slow command if it has taken the threshold or more since ``started_ns``."""
-        elapsed = time.perf_counter_ns() - started_ns
-        if elapsed >= self._slow_ns:
-            self.note_slow(name, elapsed, self.server.clients.get(client_id), [name.encode()])
 
     def note_slow(self, name: str, elapsed_ns: int, client: ClientState | None, args: list[bytes]) -> None:
         """A command took at least the slow threshold: one log line and one SLOWLOG entry per such execution."""

@@ -74,6 +74,7 @@ class Command:
     """One registered command. ``name`` is lower case, as Redis reports names in COMMAND."""
 
     name: str
+    #: Redis's convention, name included: N = exactly N arguments, -N = at least N (Dispatcher.execute checks it).
     arity: int
     kind: Kind
     handler: Callable[..., Any]
@@ -85,10 +86,6 @@ class Command:
     subcommands: tuple[str, ...] = field(default=())
     #: Position of the first key, last key and step, for COMMAND INFO (0 = no keys).
     key_spec: tuple[int, int, int] = (0, 0, 0)
-
-    def arity_ok(self, argc: int) -> bool:
-        """True when ``argc`` (command name included) satisfies this command's arity."""
-        return argc == self.arity if self.arity >= 0 else argc >= -self.arity
 
     def convert_args(self, args: Sequence[bytes]) -> tuple[Any, ...]:
         """Run the argspec converters over the arguments after the name (cpu commands).
