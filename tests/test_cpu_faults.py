@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from server.cpu_jobs import busy_error, timeout_error
-from server.pool import CANNOT_SEND, WORKER_DIED
+from server.cpu.backend import WORKER_DIED
+from server.cpu.jobs import busy_error, timeout_error
+from server.cpu.worker import CANNOT_SEND
 from server.protocol import ErrorReply, SimpleString, encode_command
 from tests.support import RespSocket, ServerProcess
 
@@ -313,7 +314,7 @@ def test_replacing_a_broken_executor_from_many_threads_at_once_replaces_it_once(
     """Every callback of a broken executor may call replace_broken at the same moment: one replacement."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from server.pool import CpuPool
+    from server.cpu.pool import CpuPool
 
     pool = CpuPool(1)
     try:

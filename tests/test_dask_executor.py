@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from server.commands.cpu import count_primes
-from server.cpu_jobs import timeout_error
+from server.cpu.jobs import timeout_error
 from server.protocol import ErrorReply, encode_command
 from tests.support import ROOT, RespSocket, ServerProcess
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from server.limits import RESERVED_FDS
+from server.limits.constants import RESERVED_FDS
 from server.protocol import SimpleString, encode_command
 from tests.support import ROOT, RespSocket, ServerProcess
 

@@ -19,12 +19,12 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.commands import CommandContext, Dispatcher, registry
-from server.commands.slowlog import SLOWLOG_MAX_LEN
-from server.commandstats import HISTOGRAM_SLOTS, CommandStats, histogram_slot, slot_bounds
+from server.commands import CommandContext, Dispatcher, default_registry
 from server.config import Config
 from server.protocol import ErrorReply
-from server.state import ServerState
+from server.store.commandstats import HISTOGRAM_SLOTS, CommandStats, histogram_slot, slot_bounds
+from server.store.slowlog import SLOWLOG_MAX_LEN
+from server.store.state import ServerState
 from tests.support import ServerProcess
 
 #: Seconds any client call in these tests may block.
@@ -329,7 +329,7 @@ def test_histogram_slots_contain_their_values_and_are_at_most_1_32_wide() -> Non
 def _dispatcher(threshold_ms: float) -> tuple[Dispatcher, CommandContext]:
     state = ServerState(Config(slowlog_threshold_ms=threshold_ms), thread_safe=False)
     client = state.register_client("127.0.0.1:5000", "127.0.0.1:7379", -1)
-    return Dispatcher(registry, state), CommandContext(state, client, registry)
+    return Dispatcher(default_registry(), state), CommandContext(state, client, default_registry())
 
 
 def test_negative_slowlog_threshold_turns_the_slow_log_off_and_zero_logs_everything() -> None:

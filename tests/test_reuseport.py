@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from server.config import Config
-from server.supervisor import CRASH_LOOP_LIMIT, RESTART_BACKOFF_INITIAL, Instance, Supervisor, worker_shares
+from server.frontends.supervisor import CRASH_LOOP_LIMIT, RESTART_BACKOFF_INITIAL, Instance, Supervisor, worker_shares
 from tests.support import ROOT, RespSocket, ServerProcess
 
 #: Seconds to wait for a supervisor log line (start, restart): generous for a loaded machine.

@@ -33,8 +33,8 @@ import pytest
 from clients import AsyncClient, Client, ReplyError
 from server import security
 from server.config import Config, parse_config
+from server.frontends.tls import TLS_HANDSHAKE_TIMEOUT
 from server.protocol import ReplyParser, encode_command
-from server.tls import TLS_HANDSHAKE_TIMEOUT
 from tests.support import ROOT, SOCKET_TIMEOUT, STARTUP_TIMEOUT, RespSocket, ServerProcess
 from tests.test_client_fixtures import RedisServer, have_redis_server
 
@@ -703,7 +703,7 @@ def _healthcheck(port: int, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CROSSDOCK_")}
     environment.update({"CROSSDOCK_PORT": str(port), **env})
     return subprocess.run(
-        [sys.executable, "-m", "server.healthcheck"], cwd=ROOT, env=environment,
+        [sys.executable, "-m", "server.observability.healthcheck"], cwd=ROOT, env=environment,
         capture_output=True, text=True, timeout=CLIENT_TIMEOUT,
     )  # fmt: skip
 
@@ -734,4 +734,4 @@ def test_readme_security_example_runs_as_written(password_server: ServerProcess)
 def test_dockerfile_turns_protected_mode_off_and_checks_health_with_the_module() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "CROSSDOCK_PROTECTED_MODE=no" in text
-    assert 'CMD ["python", "-m", "server.healthcheck"]' in text
+    assert 'CMD ["python", "-m", "server.observability.healthcheck"]' in text

@@ -1,12 +1,12 @@
 """The Dask executor: cpu commands run on a Dask distributed cluster (``--executor dask://HOST:PORT``).
 
 :class:`DaskPool` has the surface of the process pool
-(:class:`server.pool.CpuBackend`: an ``executor`` the cpu-job policy hands
+(:class:`server.cpu.backend.CpuBackend`: an ``executor`` the cpu-job policy hands
 to ``loop.run_in_executor`` or ``submit``, the job hooks ``job_call``,
 ``job_started``, ``stop_job``, and ``shutdown``, ``restarts``...), backed by
 ``distributed.Client(...).get_executor()``, distributed's
 ``concurrent.futures`` interface. Workers run the same
-:func:`server.pool.run_job` the process pool runs (the reply is encoded on
+:func:`server.cpu.worker.run_job` the process pool runs (the reply is encoded on
 the worker), so replies are the same bytes; functions pickle by reference
 (cloudpickle), so the workers must be able to import ``server`` and every
 ``--modules`` module (start them from the same environment). ``distributed``
@@ -17,7 +17,7 @@ Error handling:
 
 - Start-up: the scheduler must answer within :data:`CONNECT_TIMEOUT`, and if
   workers are present one probe task must import the command modules on
-  them; otherwise :class:`~server.pool.PoolStartError` and crossdock exits 1
+  them; otherwise :class:`~server.cpu.backend.PoolStartError` and crossdock exits 1
   with a clear log line (a wrong address shows at once, not as a server that
   answers every cpu request with an error). A cluster with no workers yet is
   accepted: cpu requests get an error until one joins.
@@ -38,8 +38,8 @@ Error handling:
 - Any other failure of a task in the cluster (``KilledWorker`` after the task
   killed its workers ``allowed-failures`` times, a result that cannot be
   deserialised) is answered ``-ERR cpu task failed on the dask cluster: ...``.
-- Every failure reaches the cpu-job policy (:mod:`server.cpu_jobs`) as a
-  future failed with :class:`~server.pool.ExecutorError`, whose text is the
+- Every failure reaches the cpu-job policy (:mod:`server.cpu.jobs`) as a
+  future failed with :class:`~server.cpu.backend.ExecutorError`, whose text is the
   reply; the executor's ``submit`` never raises. It is not a
   ``BrokenExecutor``: there is no local pool to replace and nothing to gain
   from resubmitting to an unreachable cluster.
@@ -70,7 +70,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from server.pool import ExecutorError, JobStart, PoolStartError, run_cpu, run_job
+from server.cpu.backend import ExecutorError, JobStart, PoolStartError
+from server.cpu.worker import run_cpu, run_job
 
 if TYPE_CHECKING:
     from server.config import Config
@@ -121,7 +122,7 @@ def scheduler_address(executor: str) -> str:
 
 
 def run_dask_job(token: str, job_id: int, slot: int, func: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    """What a Dask worker runs for one cpu request: announce its start, then :func:`server.pool.run_job`.
+    """What a Dask worker runs for one cpu request: announce its start, then :func:`server.cpu.worker.run_job`.
 
     The announcement is a Dask event (``log_event``: batched to the
     scheduler, forwarded to the subscribed Client), tagged with the server's
@@ -267,7 +268,7 @@ class DaskPool:
         """Nothing local to replace (never called for this executor's own errors, which are not BrokenExecutor)."""
         return False
 
-    # -- the job surface of the cpu-job policy (server.cpu_jobs.JobPool) -----------------------------
+    # -- the job surface of the cpu-job policy (server.cpu.jobs.JobPool) -----------------------------
     def job_call(
         self, job_id: int, slot: int, func: Callable[..., Any], args: tuple[Any, ...]
     ) -> tuple[Callable[..., Any], tuple[Any, ...]]:

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from server.limits import (
+from server.errors import StartupError
+from server.limits.constants import (
     CLIENTS_CRON_MAX_INTERVAL,
     CLIENTS_CRON_MIN_INTERVAL,
     FDS_PER_POOL_WORKER,
@@ -37,7 +38,7 @@ from server.limits import (
 
 if TYPE_CHECKING:
     from server.config import Config
-    from server.state import ClientState, ServerState
+    from server.store.state import ClientState, ServerState
 
 log = structlog.get_logger("crossdock.resources")
 
@@ -55,10 +56,6 @@ REQUEST_TIMEOUT = "request_timeout"
 WRITE_TIMEOUT = "write_timeout"
 QUERY_BUFFER = "query_buffer_limit"
 OUTPUT_BUFFER = "output_buffer_limit"
-
-
-class StartupError(Exception):
-    """The server cannot start with this configuration in this environment (message says why)."""
 
 
 @dataclass(frozen=True)

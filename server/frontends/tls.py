@@ -35,6 +35,7 @@ from typing import Any, Final
 import structlog
 
 from server.config import Config
+from server.errors import CrossdockError
 
 log = structlog.get_logger("crossdock.tls")
 
@@ -48,7 +49,7 @@ TLS_HANDSHAKE_TIMEOUT: Final = 10.0
 TLS_MINIMUM_VERSION: Final = ssl.TLSVersion.TLSv1_2
 
 
-class TLSSetupError(ValueError):
+class TLSSetupError(CrossdockError, ValueError):
     """A TLS file given in the configuration cannot be used; the message names the flag and the file."""
 
 

@@ -2,8 +2,8 @@
 
 Nothing is counted for Prometheus on the hot path. A custom collector reads,
 at scrape time, the counters the server keeps anyway for INFO: the
-:class:`~server.state.Stats` integers, the per-command
-:class:`~server.commandstats.CommandStats` (calls, failed and rejected calls,
+:class:`~server.store.state.Stats` integers, the per-command
+:class:`~server.store.commandstats.CommandStats` (calls, failed and rejected calls,
 latency histograms) and the pool's figures. The request duration histogram
 is folded out of the per-command log-linear histograms into fixed buckets
 (:data:`DURATION_BUCKETS`), so one recording per request serves INFO
@@ -37,13 +37,13 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from server import __version__
-from server.commandstats import bucket_cutoffs
-from server.info import pool_figures
+from server.observability.info import pool_figures
+from server.store.commandstats import bucket_cutoffs
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from server.state import ServerState
+    from server.store.state import ServerState
 
 log = structlog.get_logger("crossdock.metrics")
 

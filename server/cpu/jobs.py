@@ -54,12 +54,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from server.commands.actions import RunCpu
-from server.pool import WORKER_DIED, CpuBackend, JobPool, JobStart, cpu_failure_reply, cpu_reply
+from server.cpu.backend import WORKER_DIED, CpuBackend, JobPool, JobStart, cpu_failure_reply, cpu_reply
+from server.cpu.call import RunCpu
 from server.protocol import encode_error
 
 if TYPE_CHECKING:
-    from server.state import ServerState
+    from server.store.state import ServerState
 
 log = structlog.get_logger("crossdock.cpu")
 

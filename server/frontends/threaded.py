@@ -7,7 +7,7 @@ order and writes once; a cpu command runs in the thread itself
 (``--cpu inline``, contending for the GIL with every other thread) or is
 submitted to the same process pool while the thread waits (``--cpu pool``).
 
-Limits (see :mod:`server.resources`): the accept thread refuses the client
+Limits (see :mod:`server.limits.resources`): the accept thread refuses the client
 past ``--maxclients`` with Redis's error and backs off when ``accept()``
 runs out of descriptors; a "clients-cron" thread closes clients past their
 idle, request or write deadline by shutting their socket down, which wakes
@@ -31,34 +31,37 @@ from typing import Any
 
 import structlog
 
-from server import security, tls
-from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep, registry
+from server import security
+from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep, default_registry
 from server.config import Config
-from server.cpu_jobs import CpuJobs, attach_pool, call_directly, threaded_submit
-from server.limits import (
+from server.cpu.backend import CpuBackend, cpu_reply
+from server.cpu.backends import start_pool
+from server.cpu.jobs import CpuJobs, attach_pool, call_directly, threaded_submit
+from server.cpu.worker import run_cpu
+from server.errors import StartupError
+from server.frontends import tls
+from server.limits.constants import (
     ACCEPT_RETRY_DELAY,
     EXPIRE_SWEEP_INTERVAL,
     LISTEN_BACKLOG,
     READ_CHUNK_SIZE,
     WRITE_BUFFER_HIGH_WATER,
 )
-from server.metrics import MetricsServer, start_metrics
-from server.pool import CpuBackend, cpu_reply, run_cpu, start_pool
-from server.protocol import RequestParser, encode_reply
-from server.resources import (
+from server.limits.resources import (
     ACCEPT_RESOURCE_ERRNOS,
     MAXCLIENTS_ERROR,
     OUTPUT_BUFFER,
     QUERY_BUFFER,
     WRITE_TIMEOUT,
     RateLimitedLog,
-    StartupError,
     clients_cron_interval,
     deadline_passed,
     fit_open_files,
     note_limit_close,
 )
-from server.state import ClientState, ServerState, format_address
+from server.observability.metrics import MetricsServer, start_metrics
+from server.protocol import RequestParser, encode_reply
+from server.store.state import ClientState, ServerState, format_address
 
 log = structlog.get_logger("crossdock.threaded")
 
@@ -125,11 +128,11 @@ class _LimitExceeded(Exception):
 class ThreadedServer:
     """Config -> running threaded server: ``start()``, ``serve()`` until stopped, ``shutdown()``."""
 
-    def __init__(self, config: Config, command_registry: Registry = registry) -> None:
+    def __init__(self, config: Config, command_registry: Registry | None = None) -> None:
         self.config = config
-        self.registry = command_registry
+        self.registry = command_registry or default_registry()
         self.state = ServerState(config, thread_safe=True)
-        self.dispatcher = Dispatcher(command_registry, self.state)
+        self.dispatcher = Dispatcher(self.registry, self.state)
         self.pool: CpuBackend | None = None
         #: The cpu-job policy on the pool (backlog bound, timeouts, failures); None with --cpu inline.
         self.cpu_jobs: CpuJobs | None = None
@@ -150,7 +153,7 @@ class ThreadedServer:
         """Size the descriptor table for maxclients, start the pool, begin accepting.
 
         Error handling: a descriptor limit too low for the server itself
-        raises :class:`~server.resources.StartupError` before anything starts.
+        raises :class:`~server.limits.resources.StartupError` before anything starts.
         """
         config = self.config = fit_open_files(self.state)
         self._ssl = tls.server_context_or_exit(config)  # a bad certificate stops start-up before the pool
@@ -272,7 +275,7 @@ class ThreadedServer:
         """In the connection's thread: the TLS handshake (if any), protected mode, then :meth:`_serve`.
 
         The handshake runs here, not in the accept loop, so a client that never finishes it holds only its own
-        thread, for at most :data:`server.tls.TLS_HANDSHAKE_TIMEOUT`.
+        thread, for at most :data:`server.frontends.tls.TLS_HANDSHAKE_TIMEOUT`.
 
         Error handling: a failed handshake closes the connection (logged at debug); a refused peer gets
         Redis's ``-DENIED`` text and is closed.

@@ -4,7 +4,7 @@ Counters are plain integers bumped on the hot path: an increment is all a
 request pays for statistics. Under the threaded front end the counters may
 lose an occasional increment to a race; they are statistics, not data, and a
 lock per request would cost more than they are worth. The keyspace, which is
-data, has its own lock (see :mod:`server.commands.keyspace`).
+data, has its own lock (see :mod:`server.store.keyspace`).
 """
 
 from __future__ import annotations
@@ -15,16 +15,14 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from server.commands.keyspace import Keyspace, LockedKeyspace
-from server.commands.slowlog import SlowLog
-from server.commandstats import CommandStatsTable
+from server.store.commandstats import CommandStatsTable
+from server.store.keyspace import Keyspace, LockedKeyspace
+from server.store.slowlog import SlowLog
 
 if TYPE_CHECKING:
     from server.config import Config
-    from server.cpu_jobs import CpuJobs
-    from server.pool import CpuBackend
 
 
 @dataclass
@@ -39,7 +37,7 @@ class Stats:
     total_net_input_bytes: int = 0
     total_net_output_bytes: int = 0
     slow_commands: int = 0
-    # Clients closed by a limit, by reason (server.resources; the two buffer ones are Redis 7.2's names).
+    # Clients closed by a limit, by reason (server.limits.resources; the two buffer ones are Redis 7.2's names).
     client_idle_timeout_disconnections: int = 0
     client_request_timeout_disconnections: int = 0
     client_write_timeout_disconnections: int = 0
@@ -69,7 +67,7 @@ class ClientState:
     close_requested: bool = False
     #: False until AUTH succeeds when a password is set (always True without one): see server.commands.auth.
     authenticated: bool = True
-    # Deadlines the clients cron checks (server.resources.deadline_passed); monotonic seconds, 0.0 = none.
+    # Deadlines the clients cron checks (server.limits.resources.deadline_passed); monotonic seconds, 0.0 = none.
     #: When the first byte of a request not yet complete arrived (the parser holds part of it).
     request_started: float = 0.0
     #: Since when replies have been waiting for the client to take them (set only when a write could not finish).
@@ -102,10 +100,11 @@ class ServerState:
         #: Filled in by the front end once it is bound (port 0 picks one).
         self.bound_port: int = config.port
         self.pool_size: int = 0
-        #: The cpu pool, when there is one (INFO reports its restarts).
-        self.pool: CpuBackend | None = None
-        #: The cpu-job policy on that pool (INFO reports its backlog, rejections and timeouts).
-        self.cpu_jobs: CpuJobs | None = None
+        #: The cpu pool, when there is one (INFO reports its restarts): a server.cpu backend. Typed loosely so the
+        #: store does not import the cpu package above it (the layers run one way: cpu -> store).
+        self.pool: Any = None
+        #: The cpu-job policy on that pool (INFO reports its backlog, rejections and timeouts): server.cpu.jobs.
+        self.cpu_jobs: Any = None
         #: Per-command calls, time, rejected/failed calls and latency histograms (INFO commandstats/latencystats).
         self.command_stats = CommandStatsTable()
         #: SLOWLOG's entries, newest first.

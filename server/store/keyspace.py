@@ -18,7 +18,8 @@ import time
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 
-from server.commands.registry import CommandError, parse_int
+from server.errors import CommandError
+from server.integers import parse_int
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 

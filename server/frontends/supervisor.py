@@ -19,7 +19,7 @@ The parent (:func:`run`) is a small supervisor:
   (each at least 1) and :data:`ENV_INSTANCE` / :data:`ENV_SUPERVISOR` telling
   them they are instance *i* of this supervisor. A child binds with
   ``reuse_port=True`` because its ``reuseport`` setting is N (see
-  :mod:`server.aio`), and runs in its own process group, so a Ctrl-C at a
+  :mod:`server.frontends.aio`), and runs in its own process group, so a Ctrl-C at a
   terminal reaches the supervisor only, which forwards it once;
 * a child is ready when it has a listening socket on the port, read from
   ``/proc`` (``/proc/<pid>/fd`` against ``/proc/net/tcp{,6}``): the children
@@ -75,13 +75,10 @@ from typing import Any
 import structlog
 
 from server.config import ENV_PREFIX, Config
+from server.errors import CrossdockError
+from server.observability.instance import ENV_INSTANCE, ENV_SUPERVISOR, supervised_instance
 
 log = structlog.get_logger("crossdock.supervisor")
-
-#: Set in a child's environment: its instance index, 0..N-1.
-ENV_INSTANCE = "CROSSDOCK_SUPERVISED_INSTANCE"
-#: Set in a child's environment: the supervisor's pid (INFO reports it).
-ENV_SUPERVISOR = "CROSSDOCK_SUPERVISED_BY"
 
 #: Seconds before the first restart of a crashed child: long enough that a child crashing at once does not spin a
 #: core, short enough that the port's share of connections comes back quickly.
@@ -109,7 +106,7 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _TCP_LISTEN = "0A"  # st column of /proc/net/tcp for a listening socket
 
 
-class SupervisorError(Exception):
+class SupervisorError(CrossdockError):
     """The supervisor cannot run with this configuration (message for the user; exit 2)."""
 
 
@@ -117,26 +114,6 @@ def worker_shares(workers: int, instances: int) -> list[int]:
     """Split ``--workers`` between the instances, the remainder to the first ones, at least 1 each."""
     base, extra = divmod(workers, instances)
     return [max(1, base + (1 if i < extra else 0)) for i in range(instances)]
-
-
-def supervised_instance() -> tuple[int, int] | None:
-    """``(instance index, supervisor pid)`` when this process is a supervised child, else None."""
-    raw_index, raw_pid = os.environ.get(ENV_INSTANCE), os.environ.get(ENV_SUPERVISOR)
-    if raw_index is None or raw_pid is None:
-        return None
-    try:
-        return int(raw_index), int(raw_pid)
-    except ValueError:
-        return None
-
-
-def info_fields(config: Config) -> dict[str, object]:
-    """INFO crossdock fields about reuseport: the group size, and this child's index and supervisor."""
-    supervised = supervised_instance()
-    if supervised is None:
-        return {"reuseport": 0}
-    index, parent = supervised
-    return {"reuseport": config.reuseport, "reuseport_instance": index, "supervisor_pid": parent}
 
 
 def prepare_child() -> None:

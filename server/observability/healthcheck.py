@@ -1,4 +1,4 @@
-"""The container's HEALTHCHECK: ``python -m server.healthcheck`` exits 0 when the server answers on loopback.
+"""The container's HEALTHCHECK: ``python -m server.observability.healthcheck`` exits 0 if the server answers.
 
 It reads the same ``CROSSDOCK_*`` variables the server does (``PORT``,
 ``TLS_CERT``), connects to 127.0.0.1, sends ``PING`` and calls the server

@@ -15,12 +15,11 @@ import resource
 import sys
 from collections.abc import Callable
 
-from server import __version__
-from server.commands.builtins import REDIS_COMPAT_VERSION
-from server.commands.slowlog import SLOWLOG_MAX_LEN
-from server.commandstats import LATENCY_PERCENTILES
-from server.state import ServerState
-from server.supervisor import info_fields
+from server import REDIS_COMPAT_VERSION, __version__
+from server.observability.instance import info_fields
+from server.store.commandstats import LATENCY_PERCENTILES
+from server.store.slowlog import SLOWLOG_MAX_LEN
+from server.store.state import ServerState
 
 #: Sections printed by a bare INFO / INFO default, in this order (as Redis orders its own). commandstats and
 #: latencystats are left out, as Redis leaves them out: they grow with the number of commands used.
@@ -124,20 +123,20 @@ def pool_figures(state: ServerState) -> dict[str, int]:
 
     Workers and restarts come from the pool; jobs in flight, running, queued,
     BUSY rejections, timeouts, resubmissions and worker failures from the
-    cpu-job policy (:class:`server.cpu_jobs.CpuJobs`).
+    cpu-job policy (:class:`server.cpu.jobs.CpuJobs`).
     """
     pool = state.pool
     figures = {"workers": state.pool_size if pool is not None else 0, "restarts": pool.restarts if pool else 0}
     jobs = state.cpu_jobs
     figures.update(
-        {key: int(value) for key, value in jobs.info().items()}  # type: ignore[call-overload]
+        {key: int(value) for key, value in jobs.info().items()}
         if jobs is not None
         else dict.fromkeys(_CPU_JOB_FIELDS, 0)
     )
     return figures
 
 
-#: The fields :meth:`server.cpu_jobs.CpuJobs.info` reports (zeros when there is no pool).
+#: The fields :meth:`server.cpu.jobs.CpuJobs.info` reports (zeros when there is no pool).
 _CPU_JOB_FIELDS = (
     "cpu_jobs_in_flight", "cpu_jobs_running", "cpu_jobs_queued", "cpu_rejected_busy", "cpu_timeouts",
     "cpu_jobs_resubmitted", "cpu_worker_failures",

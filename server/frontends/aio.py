@@ -28,34 +28,37 @@ from typing import Any
 
 import structlog
 
-from server import security, tls
-from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep, registry
+from server import security
+from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep, default_registry
 from server.config import Config
-from server.cpu_jobs import CpuJobs, attach_pool
-from server.limits import (
+from server.cpu.backend import CpuBackend, cpu_reply
+from server.cpu.backends import start_pool
+from server.cpu.jobs import CpuJobs, attach_pool
+from server.cpu.worker import run_cpu
+from server.errors import StartupError
+from server.frontends import tls
+from server.limits.constants import (
     EXPIRE_SWEEP_INTERVAL,
     LISTEN_BACKLOG,
     MAX_PENDING_REPLIES_PER_CLIENT,
     READ_CHUNK_SIZE,
     WRITE_BUFFER_HIGH_WATER,
 )
-from server.metrics import MetricsServer, start_metrics
-from server.pool import CpuBackend, cpu_reply, run_cpu, start_pool
-from server.protocol import RequestParser, encode_error, encode_reply
-from server.resources import (
+from server.limits.resources import (
     MAXCLIENTS_ERROR,
     OUTPUT_BUFFER,
     QUERY_BUFFER,
     WRITE_TIMEOUT,
     RateLimitedLog,
-    StartupError,
     clients_cron_interval,
     deadline_passed,
     descriptors_exhausted,
     fit_open_files,
     note_limit_close,
 )
-from server.state import ClientState, ServerState, format_address
+from server.observability.metrics import MetricsServer, start_metrics
+from server.protocol import RequestParser, encode_error, encode_reply
+from server.store.state import ClientState, ServerState, format_address
 
 log = structlog.get_logger("crossdock.aio")
 
@@ -183,7 +186,7 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._paused_for_writes = True
-        if not self.client.output_since:  # the write deadline runs from here (server.resources)
+        if not self.client.output_since:  # the write deadline runs from here (server.limits.resources)
             self.client.output_since = time.monotonic()
         self._update_reading()
 
@@ -375,13 +378,13 @@ def _future_reply(future: asyncio.Future[bytes]) -> bytes:
 class AsyncServer:
     """Config -> running asyncio server: ``start()``, ``serve()`` until stopped, ``shutdown()``."""
 
-    def __init__(self, config: Config, command_registry: Registry = registry) -> None:
+    def __init__(self, config: Config, command_registry: Registry | None = None) -> None:
         self.config = config
         #: An output cap below the transport's high-water mark can be passed without pause_writing.
         self.small_output_limit = config.output_buffer_limit <= WRITE_BUFFER_HIGH_WATER
-        self.registry = command_registry
+        self.registry = command_registry or default_registry()
         self.state = ServerState(config, thread_safe=False)
-        self.dispatcher = Dispatcher(command_registry, self.state)
+        self.dispatcher = Dispatcher(self.registry, self.state)
         self.pool: CpuBackend | None = None
         #: The cpu-job policy on the pool (backlog bound, timeouts, failures); None with --cpu inline.
         self.cpu_jobs: CpuJobs | None = None
@@ -399,7 +402,7 @@ class AsyncServer:
         """Size the descriptor table, start the pool (pre-warmed), begin accepting. Logs ``started``.
 
         Error handling: a descriptor limit too low for the server itself
-        raises :class:`~server.resources.StartupError` before anything starts.
+        raises :class:`~server.limits.resources.StartupError` before anything starts.
         """
         config = self.config = fit_open_files(self.state)
         ssl_context = tls.server_context_or_exit(config)  # a bad certificate stops start-up before the pool
@@ -420,7 +423,7 @@ class AsyncServer:
             config.port,
             limit=READ_CHUNK_SIZE,
             reuse_address=True,
-            reuse_port=config.reuseport > 0,  # a --reuseport child: N listeners share the port (server/supervisor.py)
+            reuse_port=config.reuseport > 0,  # a --reuseport child: N listeners share the port
             backlog=LISTEN_BACKLOG,
             **tls.start_server_arguments(ssl_context),
         )
@@ -545,7 +548,7 @@ class AsyncServer:
     def run_cpu(self, action: RunCpu, client_id: int) -> asyncio.Future[bytes]:
         """Run a cpu command (pool or inline) and return a future of its reply bytes; it never fails.
 
-        With the pool, :class:`~server.cpu_jobs.CpuJobs` decides: ``-BUSY`` at
+        With the pool, :class:`~server.cpu.jobs.CpuJobs` decides: ``-BUSY`` at
         once when the backlog is full, an error reply for a timeout or a
         worker that died under the request, the reply otherwise.
 
