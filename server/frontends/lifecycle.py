@@ -63,13 +63,11 @@ class ServerBase:
     def start_cpu(self, pool: CpuBackend | None, *, submit: Any, call_soon: Any) -> None:
         """Attach a started pool (``None`` with ``--cpu inline``) with the driver's submit / call_soon."""
         if pool is None:
-            log.warning(
-                "cpu_inline_blocks",
-                mode=self.mode,
-                detail="--cpu inline runs cpu commands where the request was read: every client waits while one runs"
-                if self.mode == "async"
-                else "--cpu inline runs cpu commands in the connection's thread, contending for the GIL",
-            )
+            if self.mode == "async":
+                log.warning(
+                    "cpu_inline_blocks_loop",
+                    detail="--cpu inline runs cpu commands on the event loop: every client waits while one runs",
+                )
             return
         self.pool = pool
         self.cpu_jobs = attach_pool(self.state, pool, submit=submit, call_soon=call_soon)
