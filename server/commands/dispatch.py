@@ -215,7 +215,6 @@ class Dispatcher:
         """
         client = ctx.client
         self._stats.total_net_input_bytes += len(data)
-        client.last_interaction = time.monotonic()
         execute = self.execute
         try:
             if not client.authenticated:

@@ -178,6 +178,7 @@ class ConnectionCore:
         pending = self._pending
         out = self._out
         served = False
+        self.client.last_interaction = self.clock()
         self._dispatching = True
         try:
             for result in self.dispatcher.run_chunk(self.ctx, self.parser, data):

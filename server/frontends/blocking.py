@@ -139,6 +139,7 @@ class ThreadConnection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while not transport.closing:
             if self.stop_requested:
+                self._serve_what_arrived(core)
                 core.stop_reading()
                 break
             data = sock.recv(READ_CHUNK_SIZE)
@@ -149,6 +150,33 @@ class ThreadConnection:
             if not transport.closing or transport.get_write_buffer_size():
                 transport.flush()
         transport.flush()
+
+    def _serve_what_arrived(self, core: ConnectionCore) -> None:
+        """Shutdown: answer the requests already delivered to this socket, without waiting for more.
+
+        Reads without blocking until the kernel has nothing more, at most one
+        receive buffer's worth (what could have been waiting when the signal
+        came), so a client that keeps streaming cannot hold the shutdown.
+        """
+        sock = self.transport.sock
+        budget = READ_CHUNK_SIZE
+        with contextlib.suppress(OSError):
+            budget = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        while budget > 0 and not self.transport.closing:
+            sock.setblocking(False)
+            try:
+                data = sock.recv(READ_CHUNK_SIZE)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                return
+            except OSError:  # reset, or a TLS stream cut by the shutdown: nothing more to answer
+                return
+            finally:
+                sock.setblocking(True)
+            if not data:
+                return
+            budget -= len(data)
+            core.data_received(data)
+            self.transport.flush()
 
     def start(self, job: Job, core: ConnectionCore) -> None:
         """Carry out ``job`` now, in this thread (earlier replies are sent first), and answer it."""

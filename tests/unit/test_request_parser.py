@@ -46,7 +46,7 @@ from server.protocol.request_parser import (
     UNAUTH_MBULK,
     UNBALANCED_QUOTES,
 )
-from tests.test_client_fixtures import RedisServer
+from tests.client_fixtures import RedisServer
 
 PATHS = [False, True] if _hiredis_fast.AVAILABLE else [False]
 

@@ -18,7 +18,7 @@ import pytest
 
 from server.limits.constants import RESERVED_FDS
 from server.protocol import SimpleString, encode_command
-from tests.support import ROOT, RespSocket, ServerProcess
+from tests.support import ROOT, RespSocket, ServerProcess, info_fields
 
 FRONT_ENDS = ["async", "threaded"]
 
@@ -44,14 +44,7 @@ def start(request: pytest.FixtureRequest) -> Iterator[StartServer]:
 
 
 def info(conn: RespSocket, section: str) -> dict[str, str]:
-    text = conn.call("INFO", section)
-    assert isinstance(text, bytes)
-    fields = {}
-    for line in text.decode().splitlines():
-        if ":" in line and not line.startswith("#"):
-            key, value = line.split(":", 1)
-            fields[key] = value
-    return fields
+    return info_fields(conn, section)
 
 
 def client_ids(conn: RespSocket) -> set[str]:

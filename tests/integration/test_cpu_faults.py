@@ -22,7 +22,7 @@ from server.cpu.backend import WORKER_DIED
 from server.cpu.jobs import busy_error, timeout_error
 from server.cpu.worker import CANNOT_SEND
 from server.protocol import ErrorReply, SimpleString, encode_command
-from tests.support import RespSocket, ServerProcess
+from tests.support import RespSocket, ServerProcess, info_fields
 
 FRONT_ENDS = ["async", "threaded"]
 FAULTS = ["--modules", "tests.fault_commands"]
@@ -38,9 +38,7 @@ LONG_PRIMES = 50_000_000
 
 
 def info(conn: RespSocket) -> dict[str, str]:
-    text = conn.call("INFO", "everything")
-    assert isinstance(text, bytes)
-    return dict(line.split(":", 1) for line in text.decode().split("\r\n") if ":" in line)
+    return info_fields(conn, "everything")
 
 
 def wait_for(predicate: Callable[[], bool], what: str, bound: float = WAIT_BOUND) -> None:

@@ -16,9 +16,9 @@ from clients import (
     ReplyError,
 )
 from tests.support import ServerProcess
-from tests.test_client_fixtures import Endpoint, slow_command
+from tests.client_fixtures import Endpoint, slow_command
 
-pytest_plugins = ["tests.test_client_fixtures"]
+pytest_plugins = ["tests.client_fixtures"]
 
 #: Seconds any test here may take before pytest-timeout fails it (the slowest waits ~2 s on purpose).
 pytestmark = pytest.mark.timeout(30)

@@ -299,7 +299,7 @@ TestParserMachine = ParserMachine.TestCase
 
 # -- the atheris target's checks, over its seeds -----------------------------------------------------
 
-FUZZ_TARGET = Path(__file__).resolve().parent.parent / "fuzz" / "fuzz_request_parser.py"
+FUZZ_TARGET = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_request_parser.py"
 
 
 def load_fuzz_target() -> ModuleType:

@@ -19,7 +19,7 @@ import pytest
 
 from server.config import Config
 from server.frontends.supervisor import CRASH_LOOP_LIMIT, RESTART_BACKOFF_INITIAL, Instance, Supervisor, worker_shares
-from tests.support import ROOT, RespSocket, ServerProcess
+from tests.support import ROOT, RespSocket, ServerProcess, info_fields
 
 #: Seconds to wait for a supervisor log line (start, restart): generous for a loaded machine.
 LOG_WAIT = 60.0
@@ -44,9 +44,7 @@ def _wait_event(server: ServerProcess, name: str, count: int = 1, role: str = "s
 
 
 def _info_fields(conn: RespSocket, section: str) -> dict[str, str]:
-    text = conn.call("INFO", section)
-    assert isinstance(text, bytes)
-    return dict(line.split(":", 1) for line in text.decode().splitlines() if ":" in line)
+    return info_fields(conn, section)
 
 
 def _pid_of(conn: RespSocket) -> int:

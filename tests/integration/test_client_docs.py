@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.support import ROOT
-from tests.test_client_fixtures import Endpoint
+from tests.client_fixtures import Endpoint
 
-pytest_plugins = ["tests.test_client_fixtures"]
+pytest_plugins = ["tests.client_fixtures"]
 
 #: Seconds one example may run: the slowest (PRIMES 1_000_000 in pure Python) takes about one.
 EXAMPLE_TIMEOUT = 60

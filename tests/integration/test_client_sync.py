@@ -15,9 +15,9 @@ from clients import (
     ConnectionLostError,
     ReplyError,
 )
-from tests.test_client_fixtures import Endpoint, RedisServer, have_redis_server, slow_command
+from tests.client_fixtures import Endpoint, RedisServer, have_redis_server, slow_command
 
-pytest_plugins = ["tests.test_client_fixtures"]
+pytest_plugins = ["tests.client_fixtures"]
 
 #: Seconds any test here may take before pytest-timeout fails it: the slowest
 #: waits about two seconds on purpose; the rest is margin for a loaded machine.

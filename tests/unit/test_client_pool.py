@@ -8,9 +8,9 @@ import time
 import pytest
 
 from clients import AsyncClientPool, ConnectFailedError, ConnectionLostError, ReplyError
-from tests.test_client_fixtures import Endpoint, slow_command
+from tests.client_fixtures import Endpoint, slow_command
 
-pytest_plugins = ["tests.test_client_fixtures"]
+pytest_plugins = ["tests.client_fixtures"]
 
 #: Seconds any test here may take before pytest-timeout fails it.
 pytestmark = pytest.mark.timeout(30)

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.support import ROOT
-from tests.test_client_fixtures import Endpoint
+from tests.client_fixtures import Endpoint
 
-pytest_plugins = ["tests.test_client_fixtures"]
+pytest_plugins = ["tests.client_fixtures"]
 
 #: Seconds any test here may take before pytest-timeout fails it.
 pytestmark = pytest.mark.timeout(60)

@@ -20,7 +20,7 @@ import pytest
 from loadtest import redisbench
 from loadtest.servers import free_port, redis_available
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "targets.py"
 
 #: Seconds the smallest run may take: it takes about ten (two crossdock start-ups, two hold runs).

@@ -26,7 +26,7 @@ from loadtest.scenarios import DECK_SIZE, parse_scenario
 from loadtest.servers import RunningServer, redis_available, start_crossdock, start_redis
 from tests.support import RespSocket
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 #: Seconds each small run lasts: long enough for a few progress intervals' worth of traffic.
 RUN_SECONDS = 1.0

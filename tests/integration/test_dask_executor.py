@@ -24,7 +24,7 @@ import pytest
 from server.commands.cpu import count_primes
 from server.cpu.jobs import timeout_error
 from server.protocol import ErrorReply, encode_command
-from tests.support import ROOT, RespSocket, ServerProcess
+from tests.support import ROOT, RespSocket, ServerProcess, info_fields
 
 #: The dask CLI of the interpreter running the tests (the venv's, where crossdock is installed).
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -196,9 +196,7 @@ def _serve(mode: str, executor: str, env: dict[str, str], *extra: str) -> Server
 
 def _crossdock_info(conn: RespSocket) -> dict[str, str]:
     """INFO's crossdock and pool sections (executor fields, cpu-job counters) as one dict."""
-    text = conn.call("INFO", "crossdock", "pool")
-    assert isinstance(text, bytes)
-    return dict(line.split(":", 1) for line in text.decode().splitlines() if ":" in line)
+    return info_fields(conn, "crossdock", "pool")
 
 
 def _poll(conn_call: Callable[..., object], command: tuple[object, ...], wanted: object) -> list[object]:

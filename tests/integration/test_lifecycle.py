@@ -107,8 +107,9 @@ def test_console_script_and_python_m_server_both_work() -> None:
         assert "serve" in result.stdout or "--mode" in result.stdout
 
 
-def test_json_logs_when_not_a_tty(fresh_server_factory) -> None:  # type: ignore[no-untyped-def]
-    process = fresh_server_factory("threaded", "inline")
+@pytest.mark.parametrize("mode", ["async", "threaded"])
+def test_json_logs_when_not_a_tty(fresh_server_factory, mode: str) -> None:  # type: ignore[no-untyped-def]
+    process = fresh_server_factory(mode, "inline")
     with process.connect() as conn:
         conn.call("PING")
     process.stop()
@@ -116,3 +117,5 @@ def test_json_logs_when_not_a_tty(fresh_server_factory) -> None:  # type: ignore
     assert parsed and all("timestamp" in line and "level" in line for line in parsed)
     opened = [line for line in parsed if line["event"] == "connection_open"]
     assert opened and "client_id" in opened[0] and "peer" in opened[0]
+    closed = [line for line in parsed if line["event"] == "connection_closed"]
+    assert closed and closed[0]["client_id"] == opened[0]["client_id"]

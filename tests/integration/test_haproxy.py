@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, RespSocket, ServerProcess
+from tests.support import ROOT, RespSocket, ServerProcess, info_fields
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
 CONFIG = ROOT / "deploy" / "haproxy.cfg"
@@ -124,9 +124,7 @@ def _is_prime(n: int) -> bool:
 
 
 def _info(conn: RespSocket, section: str) -> dict[str, str]:
-    text = conn.call("INFO", section)
-    assert isinstance(text, bytes)
-    return dict(line.split(":", 1) for line in text.decode().splitlines() if ":" in line)
+    return info_fields(conn, section)
 
 
 def test_connections_are_shared_and_each_instance_answers(balanced: tuple[HAProxy, list[ServerProcess]]) -> None:
