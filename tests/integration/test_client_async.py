@@ -15,8 +15,8 @@ from clients import (
     ConnectionLostError,
     ReplyError,
 )
-from tests.support import ServerProcess
 from tests.client_fixtures import Endpoint, slow_command
+from tests.support import ServerProcess
 
 pytest_plugins = ["tests.client_fixtures"]
 

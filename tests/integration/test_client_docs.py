@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
 from tests.client_fixtures import Endpoint
+from tests.support import ROOT
 
 pytest_plugins = ["tests.client_fixtures"]
 

@@ -59,8 +59,8 @@ import pytest
 
 from server.protocol import encode_command
 from server.protocol.limits import MAX_BULK_LENGTH, MAX_MULTIBULK_LENGTH
-from tests.support import SOCKET_TIMEOUT, ServerProcess
 from tests.client_fixtures import RedisServer
+from tests.support import SOCKET_TIMEOUT, ServerProcess
 
 #: The last request of a case that must leave the connection open: its reply
 #: ends the read, so a live connection is recognised without waiting.

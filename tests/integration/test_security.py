@@ -35,8 +35,8 @@ from server import security
 from server.config import Config, parse_config
 from server.frontends.tls import TLS_HANDSHAKE_TIMEOUT
 from server.protocol import ReplyParser, encode_command
-from tests.support import ROOT, SOCKET_TIMEOUT, STARTUP_TIMEOUT, RespSocket, ServerProcess, info_fields
 from tests.client_fixtures import RedisServer, have_redis_server
+from tests.support import ROOT, SOCKET_TIMEOUT, STARTUP_TIMEOUT, RespSocket, ServerProcess, info_fields
 
 PASSWORD = "s3cret pass"  # a space, so quoting on every path is exercised
 
