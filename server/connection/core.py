@@ -34,7 +34,7 @@ import structlog
 
 from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep
 from server.config import Config
-from server.limits.constants import MAX_PENDING_REPLIES_PER_CLIENT, WRITE_BUFFER_HIGH_WATER
+from server.limits.constants import FAIR_SHARE_BYTES, MAX_PENDING_REPLIES_PER_CLIENT, WRITE_BUFFER_HIGH_WATER
 from server.limits.resources import (
     OUTPUT_BUFFER,
     QUERY_BUFFER,
@@ -110,16 +110,21 @@ class ConnectionCore:
 
     __slots__ = (
         "_dispatching",
+        "_input",
+        "_input_pos",
         "_out",
         "_out_bytes",
+        "_paused_for_fairness",
         "_paused_for_queue",
         "_paused_for_writes",
         "_pending",
+        "_read_budget",
         "client",
         "clock",
         "closed",
         "config",
         "ctx",
+        "defer",
         "dispatcher",
         "jobs",
         "parser",
@@ -139,6 +144,7 @@ class ConnectionCore:
         registry: Registry,
         client: ClientState,
         clock: Callable[[], float] = time.monotonic,
+        defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.transport = transport
         self.jobs = jobs
@@ -148,6 +154,12 @@ class ConnectionCore:
         self.dispatcher = dispatcher
         self.client = client
         self.clock = clock
+        #: Runs a callable on a later pass of the driver's loop (``loop.call_soon``); None where the driver has
+        #: no loop to share (a thread per connection): then a read is served whole.
+        self.defer = defer
+        #: A read larger than FAIR_SHARE_BYTES, served one slice per pass from ``_input_pos``; None when idle.
+        self._input: bytes | None = None
+        self._input_pos = 0
         self.ctx = CommandContext(state, client, registry)
         self.parser = RequestParser(max_bulk_length=self.config.max_bulk_length)
         #: An output cap at or below the transport's high-water mark can be passed without pause_writing.
@@ -162,6 +174,9 @@ class ConnectionCore:
         self._pending: list[bytes | Job] = []
         self._paused_for_queue = False
         self._paused_for_writes = False
+        self._paused_for_fairness = False
+        #: Shutting down: bytes still to read before reading stops (what had arrived at the signal); None: no limit.
+        self._read_budget: int | None = None
         #: Inside data_received: a job answered at once (--cpu inline) leaves its reply for the chunk's one write.
         self._dispatching = False
         #: No more requests will be read (QUIT, protocol error, EOF, shutdown); close once replies are out.
@@ -172,8 +187,58 @@ class ConnectionCore:
 
     # -- events from the driver --------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        """Parse every request in ``data``, answer what can be answered now, write once."""
+        """Bytes arrived: serve them now, or a slice now and the rest on later passes (FAIR_SHARE_BYTES)."""
         if self.reading_done:
+            return
+        budget = self._read_budget
+        if budget is not None:  # shutting down: serve only what had arrived when the signal came
+            if len(data) >= budget:
+                data = data[:budget]
+                self.reading_done = True  # nothing after this; stop_reading below closes once answered
+            else:
+                self._read_budget = budget - len(data)
+        if self._input is not None:  # still serving an earlier read: keep the order
+            self._input = self._input[self._input_pos :] + data
+            self._input_pos = 0
+            return
+        if len(data) > FAIR_SHARE_BYTES and self.defer is not None:
+            self._input = data
+            self._input_pos = 0
+            self._paused_for_fairness = True
+            self._update_reading()
+            self._serve_slice()
+        else:
+            self._serve(data)
+        if self._read_budget is not None and self.reading_done:
+            self._read_budget = None
+            self.reading_done = False
+            self.stop_reading()
+
+    def _serve_slice(self) -> None:
+        """Serve the next FAIR_SHARE_BYTES of a big read; come back for the rest on the next pass."""
+        data = self._input
+        if data is None:
+            return
+        start = self._input_pos
+        end = start + FAIR_SHARE_BYTES
+        if end < len(data):
+            self._input_pos = end
+            self._serve(data[start:end])
+        else:
+            self._input = None
+            self._serve(data[start:] if start else data)
+        if self._input is not None and not self.closed and not self.client.close_requested and self.defer is not None:
+            self.defer(self._serve_slice)
+            return
+        self._input = None
+        self._paused_for_fairness = False
+        self._update_reading()
+        if self.reading_done and not self._pending:
+            self._close()
+
+    def _serve(self, data: bytes) -> None:
+        """Parse every request in ``data``, answer what can be answered now, write once."""
+        if self.closed or self.client.close_requested:
             return
         pending = self._pending
         out = self._out
@@ -242,7 +307,7 @@ class ConnectionCore:
         if self._paused_for_queue and len(self._pending) < MAX_PENDING_REPLIES_PER_CLIENT:
             self._paused_for_queue = False
             self._update_reading()
-        if self.reading_done and not self._pending:
+        if self.reading_done and not self._pending and self._input is None:
             self._close()
 
     def eof_received(self) -> bool:
@@ -272,8 +337,18 @@ class ConnectionCore:
             self.reading_done = True
             with contextlib.suppress(RuntimeError):  # asyncio: the transport is already closing
                 self.transport.pause_reading()
-        if not self._pending:
+        if not self._pending and self._input is None:
             self._close()
+
+    def stop_reading_after(self, waiting: int) -> None:
+        """Shutdown: answer the ``waiting`` bytes already delivered (the socket's receive queue), then stop.
+
+        Bytes that arrive after them are not served. ``waiting`` 0 is :meth:`stop_reading`.
+        """
+        if waiting <= 0 or self.reading_done:
+            self.stop_reading()
+        else:
+            self._read_budget = waiting
 
     def check_deadlines(self, now: float) -> str | None:
         """The clients cron's question: close this client if it overran a deadline; return the reason."""
@@ -298,7 +373,7 @@ class ConnectionCore:
     # -- questions from the driver -----------------------------------------------------------
     def waiting_on_peer(self) -> bool:
         """No request of this client is executing and its replies are not held back: only the peer can act."""
-        return not self._pending and not self._paused_for_writes and not self.reading_done
+        return not self._pending and not self._paused_for_writes and not self.reading_done and self._input is None
 
     def unsent_bytes(self) -> int:
         """Reply bytes not yet taken by the client: held here plus the transport's buffer."""
@@ -386,7 +461,7 @@ class ConnectionCore:
         """Pause reading while either bound is exceeded; resume when both are clear (unless reading is done)."""
         if self.closed or self.reading_done:
             return
-        if self._paused_for_queue or self._paused_for_writes:
+        if self._paused_for_queue or self._paused_for_writes or self._paused_for_fairness:
             self.transport.pause_reading()
         else:
             self.transport.resume_reading()

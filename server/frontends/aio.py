@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
+import sys
+import termios
 import time
 
 import structlog
@@ -80,7 +83,15 @@ class LoopConnection(ConnectionCore, asyncio.Protocol):
             sock.fileno() if sock is not None else -1,
         )
         assert server.jobs is not None, "connections are accepted only after start()"
-        super().__init__(transport, server.jobs, server.state, server.dispatcher, server.registry, client)
+        super().__init__(
+            transport,
+            server.jobs,
+            server.state,
+            server.dispatcher,
+            server.registry,
+            client,
+            defer=server.jobs.loop.call_soon,  # big reads are served a slice per loop pass
+        )
         self.server = server
         #: Created on demand (shutdown waits on it), so an idle connection does not carry a future.
         self._closed_waiter: asyncio.Future[None] | None = None
@@ -217,7 +228,7 @@ class AsyncServer(ServerBase):
             task.cancel()
         connections = list(self.connections)
         for connection in connections:
-            connection.stop_reading()
+            connection.stop_reading_after(_bytes_waiting(connection.transport))
         waiters = [asyncio.ensure_future(connection.wait_closed()) for connection in connections]
         if waiters:
             _done, not_done = await asyncio.wait(waiters, timeout=self.config.shutdown_timeout)
@@ -230,6 +241,21 @@ class AsyncServer(ServerBase):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
         await asyncio.to_thread(self.stop_services)
+
+
+def _bytes_waiting(transport: object) -> int:
+    """Bytes the client had delivered into the socket's receive queue and not yet read (0 for TLS, unknown)."""
+    get = getattr(transport, "get_extra_info", None)
+    if get is None or get("sslcontext") is not None:  # the queue holds ciphertext: no count of requests in it
+        return 0
+    sock = get("socket")
+    if sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(raw, sys.byteorder)
 
 
 async def serve_async(config: Config) -> None:

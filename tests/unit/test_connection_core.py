@@ -10,9 +10,9 @@ import pytest
 
 from server.commands import RunCpu, Sleep
 from server.config import Config
-from server.limits.constants import MAX_PENDING_REPLIES_PER_CLIENT
+from server.limits.constants import FAIR_SHARE_BYTES, MAX_PENDING_REPLIES_PER_CLIENT
 from server.limits.resources import IDLE_TIMEOUT, REQUEST_TIMEOUT, WRITE_TIMEOUT
-from tests.unit.fakes import make_core
+from tests.unit.fakes import FakeLoop, make_core
 
 
 def test_pipelined_inline_requests_are_answered_in_one_write() -> None:
@@ -208,3 +208,39 @@ def test_connection_open_and_closed_are_logged_at_debug() -> None:
     events = [entry["event"] for entry in logs]
     assert events == ["connection_open", "connection_closed"]
     assert all(entry["client_id"] == h.core.client.id for entry in logs)
+
+
+def test_a_big_read_is_served_one_slice_per_loop_pass_with_reading_paused() -> None:
+    loop = FakeLoop()
+    h = make_core(loop=loop)
+    request = b"ECHO abcdefgh\r\n"
+    count = 4 * FAIR_SHARE_BYTES // len(request) + 1
+    h.core.data_received(request * count)
+    served = h.transport.output.count(b"$8\r\nabcdefgh\r\n")
+    assert 0 < served <= FAIR_SHARE_BYTES // len(request) + 1
+    assert not h.transport.reading
+    h.core.data_received(b"PING\r\n")  # arrived meanwhile: kept behind the backlog, in order
+    passes = 0
+    while loop.run_pass():
+        passes += 1
+    assert passes >= 4
+    assert h.transport.output.count(b"$8\r\nabcdefgh\r\n") == count
+    assert h.transport.output.endswith(b"+PONG\r\n")
+    assert h.transport.reading
+
+
+def test_without_a_loop_a_big_read_is_served_whole() -> None:
+    h = make_core()
+    h.core.data_received(b"PING\r\n" * (FAIR_SHARE_BYTES // 3))
+    assert h.transport.output.count(b"+PONG\r\n") == FAIR_SHARE_BYTES // 3
+    assert h.transport.reading
+
+
+def test_quit_inside_a_big_read_drops_the_rest() -> None:
+    loop = FakeLoop()
+    h = make_core(loop=loop)
+    h.core.data_received(b"PING\r\n" * 10 + b"QUIT\r\n" + b"PING\r\n" * FAIR_SHARE_BYTES)
+    while loop.run_pass():
+        pass
+    assert h.transport.output == b"+PONG\r\n" * 10 + b"+OK\r\n"
+    assert h.transport.closed
