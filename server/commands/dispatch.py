@@ -19,7 +19,7 @@ from server.commands.auth import NOAUTH
 from server.commands.registry import Command, CommandError, Kind, Registry
 from server.commandstats import CommandStats
 from server.protocol import ProtocolError, RequestParser
-from server.protocol.reply import RawReply, encode_error, encode_reply
+from server.protocol.reply import NULL_BULK, RESP3_NULL, RawReply, encode_error, encode_reply, encode_reply3
 
 if TYPE_CHECKING:
     from server.commands.context import CommandContext
@@ -168,14 +168,14 @@ class Dispatcher:
         counters.histogram[(bits << 5) | ((elapsed >> (bits - 6)) & 31) if bits > 6 else elapsed] += 1
         if elapsed >= self._slow_ns:
             self.note_slow(name, elapsed, client, args)
-        if result.__class__ is RawReply:  # constants such as +PONG and +OK: already encoded
-            return result
+        if result.__class__ is RawReply:  # constants such as +PONG and +OK: already encoded, the same in RESP3...
+            return result if result is not NULL_BULK or client.resp == 2 else RESP3_NULL  # ...but for the null
         if result.__class__ is bytes:  # a bulk string (GET, ECHO): encode_reply's first case, inlined
             return b"$%d\r\n%b\r\n" % (len(result), result)
         if isinstance(result, Sleep):
             return result
         try:
-            return encode_reply(result)
+            return encode_reply(result) if client.resp == 2 else encode_reply3(result)
         except TypeError:
             log.warning("reply_not_encodable", command=command.name, exc_info=True)
             return encode_error(f"ERR internal error while running '{command.name}'")
