@@ -42,13 +42,16 @@ def command_info(command: Command) -> list[object]:
         first,
         last,
         step,
-        SetReply([f"@{command.group}"]),
+        SetReply([SimpleString(f"@{command.group}")]),
         SetReply(),
         SetReply(),
-        SetReply(
+        # Redis 7.0's quirk, kept: no subcommands is an empty set, some are an array.
+        [
             [f"{command.name}|{sub}", -2, SetReply(), 0, 0, 0, SetReply(), SetReply(), SetReply(), SetReply()]
             for sub in command.subcommands
-        ),
+        ]
+        if command.subcommands
+        else SetReply(),
     ]
 
 
