@@ -31,9 +31,9 @@ USER 10001:10001
 EXPOSE 7379
 
 # Healthy means the server answers PING on loopback with +PONG, or -NOAUTH when a password is set; it follows
-# CROSSDOCK_PORT and speaks TLS when CROSSDOCK_TLS_CERT is set (server/healthcheck.py).
+# CROSSDOCK_PORT and speaks TLS when CROSSDOCK_TLS_CERT is set (server/observability/healthcheck.py).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["python", "-m", "server.healthcheck"]
+    CMD ["python", "-m", "server.observability.healthcheck"]
 
 ENTRYPOINT ["/usr/bin/tini", "--", "crossdock", "serve"]
 CMD ["--mode", "async", "--cpu", "pool"]

@@ -25,8 +25,10 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check server clients loadtest tests
+	$(BIN)/ruff check server clients loadtest tests tools
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/python tools/check_import_cycles.py
 	$(BIN)/hadolint Dockerfile
 
 clean:

@@ -17,10 +17,10 @@ import argparse
 import json
 import time
 
-from server.commands import CommandContext, Dispatcher, registry
+from server.commands import CommandContext, Dispatcher, default_registry
 from server.config import Config
 from server.protocol import RequestParser, encode_command
-from server.state import ServerState
+from server.store.state import ServerState
 
 COMMANDS = {"ping": ("PING",), "get": ("GET", "key:1"), "set": ("SET", "key:1", "value-of-16-bytes")}
 
@@ -32,9 +32,9 @@ def main() -> int:
     args = parser.parse_args()
     # A slow threshold no request reaches: the slow log line would measure logging, not dispatch.
     state = ServerState(Config(slowlog_threshold_ms=1e9), thread_safe=False)
-    dispatcher = Dispatcher(registry, state)
+    dispatcher = Dispatcher(default_registry(), state)
     client = state.register_client("127.0.0.1:1", "127.0.0.1:2", -1)
-    ctx = CommandContext(state, client, registry)
+    ctx = CommandContext(state, client, default_registry())
     request_parser = RequestParser()
     result: dict[str, float] = {}
     for name, command in COMMANDS.items():

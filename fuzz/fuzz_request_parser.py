@@ -25,7 +25,7 @@ The control byte: bits 0-2 and 3-6 give two chunk sizes (1-8 and 1-16) fed
 in turn; bit 7 sets ``auth_required`` (Redis's pre-AUTH caps).
 
 :func:`check` needs no atheris, so the test suite runs it over the seeds in
-:data:`SEEDS` (``tests/test_parser_state_machine.py``).
+:data:`SEEDS` (``tests/unit/test_parser_state_machine.py``).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"crossdock serve: {exc}", file=sys.stderr)
         return 2
-    from server import supervisor
+    from server.frontends import supervisor
 
     supervised = supervisor.supervised_instance()
     if supervised is not None:
@@ -47,14 +47,14 @@ def _serve(args: argparse.Namespace) -> int:
     if config.reuseport >= 1 and supervised is None:
         return supervisor.run(config)  # the parent starts --reuseport children and does not serve
     supervisor.prepare_child()
-    from server.pool import PoolStartError
+    from server.cpu.backend import PoolStartError
 
     try:
         if config.mode == "async":
-            from server import aio
+            from server.frontends import aio
 
             return aio.run(config)
-        from server import threaded
+        from server.frontends import threaded
 
         return threaded.run(config)
     except PoolStartError as exc:  # e.g. --executor dask://... and the scheduler does not answer

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.client_fixtures import RedisServer, have_redis_server
 from tests.support import MODES, ServerProcess
-from tests.test_client_fixtures import RedisServer, have_redis_server
 
 
 def _mode_id(mode: tuple[str, str]) -> str:

@@ -1,4 +1,4 @@
-"""Test-only commands for tests/test_cpu_faults.py, loaded with ``--modules tests.fault_commands``.
+"""Test-only commands for tests/integration/test_cpu_faults.py, loaded with ``--modules tests.fault_commands``.
 
 They misbehave on purpose, in the ways a user's command module can: run for
 a set wall-clock time (so a timeout or a backlog does not depend on how busy

@@ -171,3 +171,10 @@ class RespSocket:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def info_fields(conn: RespSocket, *sections: str) -> dict[str, str]:
+    """INFO's ``field:value`` lines of ``sections`` (default: the default sections) as one dict of strings."""
+    text = conn.call("INFO", *sections)
+    assert isinstance(text, bytes), text
+    return dict(line.split(":", 1) for line in text.decode().splitlines() if ":" in line and not line.startswith("#"))

@@ -1,21 +1,24 @@
 """Commands: the registry, the built-ins (inline and cpu) and the dispatcher.
 
-Importing this package registers the built-ins in :data:`registry`. A user's
-module that adds commands imports the same decorators::
+Importing this package registers nothing. The servers take their table from
+:func:`default_registry`, which installs the built-ins by one explicit call;
+a user's module adds commands with the same decorators the README shows::
 
     from server.commands import inline_command, cpu_command, bounded_int
+
+Where a command lives: its handler is in one of the modules listed in
+:data:`BUILTIN_MODULES` (``builtins`` for the generic and keyspace commands,
+``cpu`` for PRIMES/FACTOR/PBKDF2, ``auth`` and ``slowlog``).
 """
 
-from server.commands import auth as _auth  # noqa: F401  (registers AUTH)
-from server.commands import builtins as _builtins  # noqa: F401  (registers the inline built-ins)
-from server.commands import cpu as _cpu  # noqa: F401  (registers the cpu built-ins)
-from server.commands import slowlog as _slowlog  # noqa: F401  (registers SLOWLOG)
+from server.commands import auth, builtins, cpu, slowlog
 from server.commands.actions import Action, RunCpu, Sleep
 from server.commands.context import CommandContext
 from server.commands.dispatch import Dispatcher
 from server.commands.registry import (
     Command,
     CommandError,
+    CommandSet,
     Kind,
     Registry,
     bounded_bytes,
@@ -26,11 +29,30 @@ from server.commands.registry import (
     registry,
 )
 
+#: The modules whose ``COMMANDS`` make up the built-in command table.
+BUILTIN_MODULES = (auth, builtins, cpu, slowlog)
+
+
+def install_builtins(target: Registry) -> Registry:
+    """Add every built-in command to ``target`` (once: a second call on the same registry does nothing)."""
+    if "ping" not in target:
+        for module in BUILTIN_MODULES:
+            target.add_all(module.COMMANDS)
+    return target
+
+
+def default_registry() -> Registry:
+    """The registry the servers use: :data:`registry` (user commands included) with the built-ins installed."""
+    return install_builtins(registry)
+
+
 __all__ = [
+    "BUILTIN_MODULES",
     "Action",
     "Command",
     "CommandContext",
     "CommandError",
+    "CommandSet",
     "Dispatcher",
     "Kind",
     "Registry",
@@ -39,7 +61,9 @@ __all__ = [
     "bounded_bytes",
     "bounded_int",
     "cpu_command",
+    "default_registry",
     "inline_command",
+    "install_builtins",
     "parse_int",
     "registry",
 ]

@@ -9,9 +9,9 @@ with ``loop.call_later`` / ``loop.run_in_executor``, the threaded one with
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+
+from server.cpu.call import RunCpu
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,17 +20,6 @@ class Sleep:
 
     seconds: float
     reply: object
-
-
-@dataclass(frozen=True, slots=True)
-class RunCpu:
-    """Run ``func(*args)`` on the cpu executor (or inline with ``--cpu inline``); its result is the reply."""
-
-    name: str
-    func: Callable[..., Any]
-    args: tuple[Any, ...]
-    #: The request as the client sent it, for the slow log (never shipped to the worker).
-    argv: list[bytes] = field(default_factory=list)
 
 
 Action = Sleep | RunCpu

@@ -35,8 +35,11 @@ import os
 from typing import Final
 
 from server.commands.context import CommandContext
-from server.commands.registry import CommandError, inline_command
+from server.commands.registry import CommandError, CommandSet
 from server.protocol.reply import OK
+
+#: The commands this module declares; server.commands.default_registry installs them.
+COMMANDS = CommandSet()
 
 #: The one user name crossdock knows (Redis's user for ``requirepass``).
 DEFAULT_USER: Final = b"default"
@@ -81,7 +84,7 @@ def authenticate(ctx: CommandContext, username: bytes, password: bytes) -> None:
     ctx.client.authenticated = True
 
 
-@inline_command(
+@COMMANDS.inline(
     "AUTH",
     arity=-2,
     summary="Authenticate to the server: AUTH [username] password.",

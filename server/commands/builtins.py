@@ -10,21 +10,20 @@ from __future__ import annotations
 import fnmatch
 import time
 
+from server import REDIS_COMPAT_VERSION
 from server.commands.actions import Sleep
 from server.commands.auth import HELLO_NOAUTH, NO_AUTH_FLAGS, authenticate
 from server.commands.context import CommandContext
-from server.commands.keyspace import now_ms
-from server.commands.registry import CommandError, inline_command, parse_int
+from server.commands.registry import CommandError, CommandSet, parse_int
 from server.protocol.reply import NULL_BULK, OK, PONG, ErrorReply, RawReply, SimpleString, Verbatim
+from server.store.keyspace import now_ms
+
+#: The commands this module declares; server.commands.default_registry installs them.
+COMMANDS = CommandSet()
 
 #: SLEEP ms: longest wait. It stands in for a slow upstream call; a minute is
 #: far past any sane upstream timeout and keeps a forgotten SLEEP bounded.
 SLEEP_MAX_MS = 60_000
-
-#: The Redis version crossdock reports in INFO/HELLO. Clients gate features on
-#: it (redis-cli asks COMMAND DOCS only from 7.0 on); 7.0.0 is the dialect of
-#: the commands implemented here, in RESP2 and RESP3.
-REDIS_COMPAT_VERSION = "7.0.0"
 
 #: The protocol versions HELLO accepts, as Redis 7: RESP2 and RESP3.
 PROTOCOL_VERSIONS = (2, 3)
@@ -39,19 +38,19 @@ def _upper(raw: bytes) -> bytes:
 # ---------------------------------------------------------------------------------------------
 # Connection
 # ---------------------------------------------------------------------------------------------
-@inline_command("PING", arity=-1, summary="Ping the server.", group="connection", since="1.0.0")
+@COMMANDS.inline("PING", arity=-1, summary="Ping the server.", group="connection", since="1.0.0")
 def ping(ctx: CommandContext, args: list[bytes]) -> object:
     if len(args) > 2:
         raise CommandError("ERR wrong number of arguments for 'ping' command")
     return PONG if len(args) == 1 else args[1]
 
 
-@inline_command("ECHO", arity=2, summary="Echo the given string.", group="connection", since="1.0.0")
+@COMMANDS.inline("ECHO", arity=2, summary="Echo the given string.", group="connection", since="1.0.0")
 def echo(ctx: CommandContext, args: list[bytes]) -> object:
     return args[1]
 
 
-@inline_command(
+@COMMANDS.inline(
     "QUIT", arity=-1, summary="Close the connection.", group="connection", since="1.0.0", flags=NO_AUTH_FLAGS
 )
 def quit_(ctx: CommandContext, args: list[bytes]) -> object:
@@ -59,7 +58,7 @@ def quit_(ctx: CommandContext, args: list[bytes]) -> object:
     return OK
 
 
-@inline_command(
+@COMMANDS.inline(
     "SLEEP",
     arity=2,
     summary=f"Wait ms milliseconds (0..{SLEEP_MAX_MS}) without blocking other clients, then reply OK.",
@@ -72,7 +71,7 @@ def sleep(ctx: CommandContext, args: list[bytes]) -> object:
     return Sleep(milliseconds / 1000, OK)
 
 
-@inline_command(
+@COMMANDS.inline(
     "HELLO",
     arity=-1,
     summary="Handshake: protocol version (2 or 3), optional AUTH and SETNAME.",
@@ -134,7 +133,7 @@ def _validated_client_name(name: bytes) -> bytes:
 _CLIENT_SUBCOMMANDS = {b"ID": 2, b"SETNAME": 3, b"GETNAME": 2, b"LIST": -2, b"INFO": 2, b"SETINFO": 4, b"HELP": 2}
 
 
-@inline_command(
+@COMMANDS.inline(
     "CLIENT",
     arity=-2,
     summary="Connection introspection: ID, SETNAME, GETNAME, LIST, INFO, SETINFO.",
@@ -192,13 +191,13 @@ def client(ctx: CommandContext, args: list[bytes]) -> object:
 # ---------------------------------------------------------------------------------------------
 # Server introspection
 # ---------------------------------------------------------------------------------------------
-@inline_command("TIME", arity=1, summary="Server time: [unix seconds, microseconds].", group="server", since="2.6.0")
+@COMMANDS.inline("TIME", arity=1, summary="Server time: [unix seconds, microseconds].", group="server", since="2.6.0")
 def time_(ctx: CommandContext, args: list[bytes]) -> object:
     now_us = time.time_ns() // 1000
     return [str(now_us // 1_000_000), str(now_us % 1_000_000)]
 
 
-@inline_command(
+@COMMANDS.inline(
     "INFO",
     arity=-1,
     summary="Server information and statistics, Redis INFO format.",
@@ -206,13 +205,13 @@ def time_(ctx: CommandContext, args: list[bytes]) -> object:
     since="1.0.0",
 )
 def info(ctx: CommandContext, args: list[bytes]) -> object:
-    from server.info import render_info  # local import: info.py imports the registry for COMMAND counts
+    from server.observability.info import render_info  # local import: info.py imports the registry for COMMAND counts
 
     sections = [raw.decode(errors="replace").lower() for raw in args[1:]]
     return Verbatim(render_info(ctx.server, sections))
 
 
-@inline_command(
+@COMMANDS.inline(
     "COMMAND",
     arity=-1,
     summary="Command table introspection: COUNT, INFO, DOCS, LIST.",
@@ -244,7 +243,7 @@ def command(ctx: CommandContext, args: list[bytes]) -> object:
     raise CommandError(f"ERR unknown subcommand '{args[1].decode(errors='replace')}'. Try COMMAND HELP.")
 
 
-@inline_command(
+@COMMANDS.inline(
     "CONFIG",
     arity=-2,
     summary="CONFIG GET parameter [parameter ...] (read-only view of the running configuration).",
@@ -257,7 +256,7 @@ def config(ctx: CommandContext, args: list[bytes]) -> object:
     if sub == b"GET":
         if len(args) < 3:
             raise CommandError("ERR wrong number of arguments for 'config|get' command")
-        from server.info import config_parameters
+        from server.observability.info import config_parameters
 
         parameters = config_parameters(ctx.server)
         found: dict[str, object] = {}  # a map in RESP3, name/value pairs in RESP2, as Redis 7
@@ -291,13 +290,13 @@ def _expire_deadline(amount: int, unit_ms: int, command: str, now_ms: int, absol
     return deadline
 
 
-@inline_command("GET", arity=2, summary="Get the value of a key.", since="1.0.0", **_KEYSPACE)
+@COMMANDS.inline("GET", arity=2, summary="Get the value of a key.", since="1.0.0", **_KEYSPACE)
 def get(ctx: CommandContext, args: list[bytes]) -> object:
     value = ctx.server.keyspace.get(args[1])
     return NULL_BULK if value is None else value
 
 
-@inline_command(
+@COMMANDS.inline(
     "SET",
     arity=-3,
     summary="Set a key: SET key value [NX|XX] [GET] [EX s|PX ms|EXAT ts|PXAT ts-ms|KEEPTTL].",
@@ -347,13 +346,13 @@ def set_(ctx: CommandContext, args: list[bytes]) -> object:
     return OK if written else NULL_BULK
 
 
-@inline_command("MGET", arity=-2, summary="Get the values of several keys.", since="1.0.0", group="string")
+@COMMANDS.inline("MGET", arity=-2, summary="Get the values of several keys.", since="1.0.0", group="string")
 def mget(ctx: CommandContext, args: list[bytes]) -> object:
     keyspace = ctx.server.keyspace
     return [keyspace.get(key) for key in args[1:]]
 
 
-@inline_command("MSET", arity=-3, summary="Set several keys.", since="1.0.1", group="string")
+@COMMANDS.inline("MSET", arity=-3, summary="Set several keys.", since="1.0.1", group="string")
 def mset(ctx: CommandContext, args: list[bytes]) -> object:
     if len(args) % 2 == 0:
         raise CommandError("ERR wrong number of arguments for 'mset' command")
@@ -363,32 +362,32 @@ def mset(ctx: CommandContext, args: list[bytes]) -> object:
     return OK
 
 
-@inline_command("DEL", arity=-2, summary="Delete keys; replies how many existed.", since="1.0.0", group="generic")
+@COMMANDS.inline("DEL", arity=-2, summary="Delete keys; replies how many existed.", since="1.0.0", group="generic")
 def delete(ctx: CommandContext, args: list[bytes]) -> object:
     return ctx.server.keyspace.delete(args[1:])
 
 
-@inline_command("EXISTS", arity=-2, summary="Count how many of the keys exist.", since="1.0.0", group="generic")
+@COMMANDS.inline("EXISTS", arity=-2, summary="Count how many of the keys exist.", since="1.0.0", group="generic")
 def exists(ctx: CommandContext, args: list[bytes]) -> object:
     return ctx.server.keyspace.exists(args[1:])
 
 
-@inline_command("INCR", arity=2, summary="Increment the integer value of a key by one.", since="1.0.0", **_KEYSPACE)
+@COMMANDS.inline("INCR", arity=2, summary="Increment the integer value of a key by one.", since="1.0.0", **_KEYSPACE)
 def incr(ctx: CommandContext, args: list[bytes]) -> object:
     return ctx.server.keyspace.incr_by(args[1], 1)
 
 
-@inline_command("DECR", arity=2, summary="Decrement the integer value of a key by one.", since="1.0.0", **_KEYSPACE)
+@COMMANDS.inline("DECR", arity=2, summary="Decrement the integer value of a key by one.", since="1.0.0", **_KEYSPACE)
 def decr(ctx: CommandContext, args: list[bytes]) -> object:
     return ctx.server.keyspace.incr_by(args[1], -1)
 
 
-@inline_command("INCRBY", arity=3, summary="Increment the integer value of a key.", since="1.0.0", **_KEYSPACE)
+@COMMANDS.inline("INCRBY", arity=3, summary="Increment the integer value of a key.", since="1.0.0", **_KEYSPACE)
 def incrby(ctx: CommandContext, args: list[bytes]) -> object:
     return ctx.server.keyspace.incr_by(args[1], parse_int(args[2]))
 
 
-@inline_command("DECRBY", arity=3, summary="Decrement the integer value of a key.", since="1.0.0", **_KEYSPACE)
+@COMMANDS.inline("DECRBY", arity=3, summary="Decrement the integer value of a key.", since="1.0.0", **_KEYSPACE)
 def decrby(ctx: CommandContext, args: list[bytes]) -> object:
     delta = parse_int(args[2])
     if delta == -(2**63):
@@ -419,7 +418,7 @@ def _expire(ctx: CommandContext, args: list[bytes], unit_ms: int, name: str) -> 
     return int(ctx.server.keyspace.expire_at(args[1], deadline, condition))
 
 
-@inline_command(
+@COMMANDS.inline(
     "EXPIRE", arity=-3, summary="Set a key's time to live in seconds.", since="1.0.0", group="generic",
     key_spec=(1, 1, 1),
 )  # fmt: skip
@@ -427,7 +426,7 @@ def expire(ctx: CommandContext, args: list[bytes]) -> object:
     return _expire(ctx, args, 1000, "expire")
 
 
-@inline_command(
+@COMMANDS.inline(
     "PEXPIRE", arity=-3, summary="Set a key's time to live in milliseconds.", since="2.6.0", group="generic",
     key_spec=(1, 1, 1),
 )  # fmt: skip
@@ -435,7 +434,7 @@ def pexpire(ctx: CommandContext, args: list[bytes]) -> object:
     return _expire(ctx, args, 1, "pexpire")
 
 
-@inline_command(
+@COMMANDS.inline(
     "TTL", arity=2, summary="Time to live in seconds (-1 no expiry, -2 no key).", since="1.0.0", group="generic",
     key_spec=(1, 1, 1),
 )  # fmt: skip
@@ -444,19 +443,19 @@ def ttl(ctx: CommandContext, args: list[bytes]) -> object:
     return remaining if remaining < 0 else (remaining + 500) // 1000
 
 
-@inline_command(
+@COMMANDS.inline(
     "PTTL", arity=2, summary="Time to live in milliseconds.", since="2.6.0", group="generic", key_spec=(1, 1, 1)
 )
 def pttl(ctx: CommandContext, args: list[bytes]) -> object:
     return ctx.server.keyspace.ttl_ms(args[1])
 
 
-@inline_command("DBSIZE", arity=1, summary="Number of keys.", since="1.0.0", group="server")
+@COMMANDS.inline("DBSIZE", arity=1, summary="Number of keys.", since="1.0.0", group="server")
 def dbsize(ctx: CommandContext, args: list[bytes]) -> object:
     return ctx.server.keyspace.size()
 
 
-@inline_command("FLUSHDB", arity=-1, summary="Delete every key: FLUSHDB [ASYNC|SYNC].", since="1.0.0", group="server")
+@COMMANDS.inline("FLUSHDB", arity=-1, summary="Delete every key: FLUSHDB [ASYNC|SYNC].", since="1.0.0", group="server")
 def flushdb(ctx: CommandContext, args: list[bytes]) -> object:
     if len(args) > 2 or (len(args) == 2 and _upper(args[1]) not in (b"ASYNC", b"SYNC")):
         raise CommandError(_SYNTAX)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from server.commands.registry import Registry
-    from server.state import ClientState, ServerState
+    from server.store.state import ClientState, ServerState
 
 
 @dataclass(slots=True)

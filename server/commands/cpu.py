@@ -10,7 +10,10 @@ from __future__ import annotations
 import hashlib
 import math
 
-from server.commands.registry import bounded_bytes, bounded_int, cpu_command
+from server.commands.registry import CommandSet, bounded_bytes, bounded_int
+
+#: The commands this module declares; server.commands.default_registry installs them.
+COMMANDS = CommandSet()
 
 #: PRIMES n: largest n. The sieve below is a pure-Python loop (it holds the
 #: GIL on purpose, that is the point of the command) and needs n bytes of
@@ -31,7 +34,7 @@ PBKDF2_MAX_ITERATIONS = 5_000_000
 PBKDF2_MAX_INPUT_BYTES = 1024
 
 
-@cpu_command(
+@COMMANDS.cpu(
     "PRIMES",
     arity=2,
     argspec=(bounded_int("n", 0, PRIMES_MAX_N),),
@@ -51,7 +54,7 @@ def count_primes(n: int) -> int:
     return sum(sieve)
 
 
-@cpu_command(
+@COMMANDS.cpu(
     "FACTOR",
     arity=2,
     argspec=(bounded_int("n", 1, FACTOR_MAX_N),),
@@ -75,7 +78,7 @@ def prime_factors(n: int) -> list[int]:
     return factors
 
 
-@cpu_command(
+@COMMANDS.cpu(
     "PBKDF2",
     arity=4,
     argspec=(

@@ -17,13 +17,13 @@ from server import security
 from server.commands.actions import Action, RunCpu, Sleep
 from server.commands.auth import NOAUTH
 from server.commands.registry import Command, CommandError, Kind, Registry
-from server.commandstats import CommandStats
 from server.protocol import ProtocolError, RequestParser
 from server.protocol.reply import NULL_BULK, RESP3_NULL, RawReply, encode_error, encode_reply, encode_reply3
+from server.store.commandstats import CommandStats
 
 if TYPE_CHECKING:
     from server.commands.context import CommandContext
-    from server.state import ClientState, ServerState
+    from server.store.state import ClientState, ServerState
 
 log = structlog.get_logger("crossdock.commands")
 
@@ -66,7 +66,7 @@ def _c_string(raw: bytes, limit: int) -> bytes:
 #: How Redis's wrong-arity error starts; a handler raising it for a subcommand makes a rejected call.
 WRONG_ARITY_PREFIX = "ERR wrong number of arguments for "
 
-#: How a shed cpu request's reply starts (server.cpu_jobs.busy_error): a rejected call, not a failed one.
+#: How a shed cpu request's reply starts (server.cpu.jobs.busy_error): a rejected call, not a failed one.
 BUSY_REPLY_PREFIX = b"-BUSY "
 
 #: A slow threshold no duration reaches (the slow log is off).
@@ -103,7 +103,7 @@ class Dispatcher:
         """Run one request. Returns encoded reply bytes, or an action for the front end.
 
         Statistics: one clock read before and after an inline handler feed the
-        command's calls, time and latency histogram (:mod:`server.commandstats`),
+        command's calls, time and latency histogram (:mod:`server.store.commandstats`),
         the slow log and the Prometheus metrics; a cpu command is counted when
         its reply arrives (:meth:`finish_cpu`).
 
@@ -164,7 +164,7 @@ class Dispatcher:
             return encode_error(f"ERR internal error while running '{command.name}'")
         elapsed = _perf_counter_ns() - started
         counters.ns += elapsed
-        bits = elapsed.bit_length()  # server.commandstats.histogram_slot, inlined (SUB_BUCKET_BITS = 5)
+        bits = elapsed.bit_length()  # server.store.commandstats.histogram_slot, inlined (SUB_BUCKET_BITS = 5)
         counters.histogram[(bits << 5) | ((elapsed >> (bits - 6)) & 31) if bits > 6 else elapsed] += 1
         if elapsed >= self._slow_ns:
             self.note_slow(name, elapsed, client, args)
@@ -215,7 +215,6 @@ class Dispatcher:
         """
         client = ctx.client
         self._stats.total_net_input_bytes += len(data)
-        client.last_interaction = time.monotonic()
         execute = self.execute
         try:
             if not client.authenticated:

@@ -37,12 +37,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from server.protocol import string2ll
-
-if TYPE_CHECKING:
-    from server.commands.context import CommandContext
+from server.errors import CommandError
+from server.integers import parse_int
 
 
 class Kind(enum.Enum):
@@ -52,21 +50,12 @@ class Kind(enum.Enum):
     CPU = "cpu"
 
 
-class CommandError(Exception):
-    """Raised by a handler or an argument converter: answered as an error reply, the connection goes on.
-
-    ``message`` is the full reply text including its code, e.g.
-    ``"ERR value is not an integer or out of range"``.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 #: Converts one raw argument to the value a cpu function receives; raises CommandError.
 ArgConverter = Callable[[bytes], Any]
-InlineHandler = Callable[["CommandContext", list[bytes]], Any]
+#: ``handler(ctx, args)``; ctx is a server.commands.context.CommandContext (not imported: context imports this).
+InlineHandler = Callable[[Any, list[bytes]], Any]
 
 
 @dataclass(frozen=True)
@@ -136,6 +125,14 @@ class Registry:
     def __len__(self) -> int:
         return len(self._commands)
 
+    def __contains__(self, name: str) -> bool:
+        return name.lower().encode() in self._commands
+
+    def add_all(self, commands: CommandSet) -> None:
+        """Register every command of ``commands`` (a module's declarations)."""
+        for command in commands:
+            self.add(command)
+
     def inline(self, name: str, arity: int, **meta: Any) -> Callable[[InlineHandler], InlineHandler]:
         """Decorator: register an inline handler ``handler(ctx, args) -> reply``."""
 
@@ -157,7 +154,43 @@ class Registry:
         return decorate
 
 
-#: The registry the servers use. Built-ins register into it on import of server.commands.
+class CommandSet:
+    """Commands declared by a module without registering them anywhere yet: ``Registry.add_all`` does that.
+
+    The built-ins declare themselves this way, so importing a handler module
+    has no side effect and the servers install them by one explicit call
+    (:func:`server.commands.default_registry`).
+    """
+
+    def __init__(self) -> None:
+        self.commands: list[Command] = []
+
+    def __iter__(self) -> Iterator[Command]:
+        return iter(self.commands)
+
+    def inline(self, name: str, arity: int, **meta: Any) -> Callable[[InlineHandler], InlineHandler]:
+        """Decorator: declare an inline handler ``handler(ctx, args) -> reply``."""
+
+        def decorate(handler: InlineHandler) -> InlineHandler:
+            self.commands.append(Command(name.lower(), arity, Kind.INLINE, handler, **meta))
+            return handler
+
+        return decorate
+
+    def cpu(
+        self, name: str, arity: int, argspec: Sequence[ArgConverter], **meta: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: declare a module-level cpu function; ``argspec`` converts each argument."""
+
+        def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+            self.commands.append(Command(name.lower(), arity, Kind.CPU, func, argspec=tuple(argspec), **meta))
+            return func
+
+        return decorate
+
+
+#: The registry the servers use. A user's module registers into it when imported (``--modules``), through
+#: ``inline_command`` / ``cpu_command``; the built-ins are added by :func:`server.commands.default_registry`.
 registry = Registry()
 inline_command = registry.inline
 cpu_command = registry.cpu
@@ -193,17 +226,3 @@ def bounded_bytes(name: str, max_length: int) -> ArgConverter:
     return convert
 
 
-#: Redis's reply for an argument (or a stored value) that is not a 64-bit integer.
-NOT_AN_INTEGER = "ERR value is not an integer or out of range"
-
-
-def parse_int(raw: bytes) -> int:
-    """Parse a signed 64-bit integer the way Redis's string2ll does (no spaces, no '+', no leading zeros).
-
-    Error handling: anything else raises :class:`CommandError` with Redis's
-    ``ERR value is not an integer or out of range``.
-    """
-    value = string2ll(raw)
-    if value is None:
-        raise CommandError(NOT_AN_INTEGER)
-    return value

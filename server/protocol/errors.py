@@ -1,7 +1,9 @@
 """The one error type for a peer's protocol mistakes (the h11 pattern)."""
 
+from server.errors import CrossdockError
 
-class ProtocolError(Exception):
+
+class ProtocolError(CrossdockError):
     """The peer sent bytes that are not a valid RESP2 request.
 
     ``message`` is the exact error reply text Redis sends for the same mistake,

@@ -1,0 +1,397 @@
+"""The sans-IO connection core: one object per client connection, the same for both front ends.
+
+It owns the connection's state (the request parser, the client record with
+its protocol version, auth and deadlines, the reply queue with its pending
+jobs, the output accounting) and turns events into actions:
+
+==========================================  =============================================
+event (called by the driver)                action (called on the driver's objects)
+==========================================  =============================================
+``data_received(data)``                     ``transport.write(bytes)``, ``jobs.start(job)``
+``job_done(job, reply)``                    ``transport.write(bytes)``, ``transport.close()``
+``pause_writing()`` / ``resume_writing()``  ``transport.pause_reading()`` / ``resume_reading()``
+``eof_received()`` / ``stop_reading()``     ``transport.close()`` once replies are out
+``check_deadlines(now)``                    ``transport.close()`` / ``transport.abort()``
+``connection_lost()``                       ``jobs.cancel(job)`` for each unfinished job
+==========================================  =============================================
+
+No sockets, asyncio or threads in here: the asyncio driver passes its uvloop
+transport as ``transport`` (so the hot path has no adapter in between), the
+threaded driver a small blocking-socket adapter; tests pass fakes
+(tests/unit/fakes.py). Every per-connection limit is enforced here, once:
+the query buffer cap, the output buffer cap, the reply queue bound, and the
+idle, request and write deadlines (close reasons in server.limits.resources).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+
+from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep
+from server.config import Config
+from server.limits.constants import MAX_PENDING_REPLIES_PER_CLIENT, WRITE_BUFFER_HIGH_WATER
+from server.limits.resources import (
+    OUTPUT_BUFFER,
+    QUERY_BUFFER,
+    WRITE_TIMEOUT,
+    deadline_passed,
+    note_limit_close,
+)
+from server.protocol import RequestParser, encode_error
+from server.store.state import ClientState, ServerState
+
+log = structlog.get_logger("crossdock.connection")
+
+#: The reply a request gets when the server stops before its job finished (its slot is answered, never skipped).
+SHUTTING_DOWN = "ERR server is shutting down"
+
+#: Limits whose close drops what is unsent (RST): the client is not taking its replies anyway.
+_ABORTING_LIMITS = frozenset({OUTPUT_BUFFER, WRITE_TIMEOUT})
+
+
+class Transport(Protocol):
+    """What the core needs of the byte stream: the subset of ``asyncio.Transport`` it uses."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class JobRunner(Protocol):
+    """Carries out a :class:`Job` (a SLEEP's wait, a cpu command) and calls ``core.job_done`` with its reply.
+
+    It may call back at once (``--cpu inline``, the threaded driver's blocking
+    wait) or later from the driver's own thread of control (the event loop);
+    never from another thread.
+    """
+
+    def start(self, job: Job, core: ConnectionCore) -> None: ...
+
+    def cancel(self, job: Job) -> None: ...
+
+
+class Job:
+    """A reply slot waiting on an action: its place in the reply queue, then its reply."""
+
+    __slots__ = ("action", "handle", "reply", "started_ns")
+
+    def __init__(self, action: RunCpu | Sleep) -> None:
+        self.action = action
+        #: The runner's handle to cancel it by (a timer, a cpu job); the runner's own business.
+        self.handle: Any = None
+        self.reply: bytes | None = None
+        self.started_ns = time.perf_counter_ns()
+
+
+class ConnectionCore:
+    """One client connection's policy: parse, dispatch, keep replies in order, enforce its limits.
+
+    Life cycle: created when the driver has a connection, fed events until
+    :meth:`connection_lost`. Reading stops (QUIT, a protocol error, EOF,
+    shutdown, a read-side limit) but every reply to a request already read is
+    still sent; the transport is closed once the reply queue is empty.
+    Error handling: a bug while serving (an exception out of dispatch) is
+    logged at warning with the client id and the connection aborted; the
+    server goes on.
+    """
+
+    __slots__ = (
+        "_dispatching",
+        "_out",
+        "_out_bytes",
+        "_paused_for_queue",
+        "_paused_for_writes",
+        "_pending",
+        "client",
+        "clock",
+        "closed",
+        "config",
+        "ctx",
+        "dispatcher",
+        "jobs",
+        "parser",
+        "reading_done",
+        "small_output_limit",
+        "state",
+        "stats",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        transport: Transport,
+        jobs: JobRunner,
+        state: ServerState,
+        dispatcher: Dispatcher,
+        registry: Registry,
+        client: ClientState,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.transport = transport
+        self.jobs = jobs
+        self.state = state
+        self.config: Config = state.config
+        self.stats = state.stats
+        self.dispatcher = dispatcher
+        self.client = client
+        self.clock = clock
+        self.ctx = CommandContext(state, client, registry)
+        self.parser = RequestParser(max_bulk_length=self.config.max_bulk_length)
+        #: An output cap at or below the transport's high-water mark can be passed without pause_writing.
+        self.small_output_limit = self.config.output_buffer_limit <= WRITE_BUFFER_HIGH_WATER
+        #: Replies ready to go out in the next write.
+        self._out: list[bytes] = []
+        #: Reply bytes held here and not yet handed to the transport (``_out`` and the bytes in ``_pending``):
+        #: with the transport's buffer, what --output-buffer-limit bounds.
+        self._out_bytes = 0
+        #: Replies waiting behind an unfinished job, in request order (bytes or jobs). A list, not a deque: an
+        #: empty deque allocates a 64-slot block (~600 bytes per idle connection).
+        self._pending: list[bytes | Job] = []
+        self._paused_for_queue = False
+        self._paused_for_writes = False
+        #: Inside data_received: a job answered at once (--cpu inline) leaves its reply for the chunk's one write.
+        self._dispatching = False
+        #: No more requests will be read (QUIT, protocol error, EOF, shutdown); close once replies are out.
+        self.reading_done = False
+        #: The transport is closed or closing for good: nothing more is written.
+        self.closed = False
+        log.debug("connection_open", client_id=client.id, peer=client.addr)
+
+    # -- events from the driver --------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        """Parse every request in ``data``, answer what can be answered now, write once."""
+        if self.reading_done:
+            return
+        pending = self._pending
+        out = self._out
+        served = False
+        self.client.last_interaction = self.clock()
+        self._dispatching = True
+        try:
+            for result in self.dispatcher.run_chunk(self.ctx, self.parser, data):
+                served = True
+                if isinstance(result, bytes):
+                    if pending:
+                        pending.append(result)
+                    else:
+                        out.append(result)
+                    self._out_bytes += len(result)
+                    if self._out_bytes >= WRITE_BUFFER_HIGH_WATER:  # a pipeline of large replies: write early
+                        self._write_out()
+                        if self._over_output_limit():
+                            return
+                else:
+                    self._start_job(Job(result))
+                    if self.closed:
+                        return
+            if out:
+                self._write_out()
+        except Exception:
+            log.warning("connection_failed", client_id=self.client.id, exc_info=True)
+            self.closed = self.reading_done = True
+            self.transport.abort()
+            return
+        finally:
+            self._dispatching = False
+        # The output cap can only be passed with replies held back, with the transport above its high-water
+        # mark (it has called pause_writing), or with a cap set below that mark: skip the check otherwise.
+        if (self._out_bytes or self._paused_for_writes or self.small_output_limit) and self._over_output_limit():
+            return
+        client = self.client
+        buffered = self.parser.held
+        if buffered:
+            self._note_partial_request(buffered, served)
+        elif client.request_started:
+            client.request_started = 0.0
+        if client.close_requested:
+            self.stop_reading()
+        elif len(pending) >= MAX_PENDING_REPLIES_PER_CLIENT and not self._paused_for_queue:
+            self._paused_for_queue = True
+            self._update_reading()
+
+    def job_done(self, job: Job, reply: bytes) -> None:
+        """A job's reply is here: release every reply now at the head of the queue, in order."""
+        action = job.action
+        if action.__class__ is RunCpu:
+            self.dispatcher.finish_cpu(action, job.started_ns, self.client.id, reply)
+        if self.closed:
+            return
+        job.reply = reply
+        self._out_bytes += len(reply)
+        self._release_ready()
+        if self._dispatching:  # answered at once: the chunk's write takes it
+            return
+        self._write_out()
+        if self._over_output_limit():
+            return
+        # The idle deadline counts from the reply, not from the request that waited on us (Redis does the same).
+        self.client.last_interaction = self.clock()
+        if self._paused_for_queue and len(self._pending) < MAX_PENDING_REPLIES_PER_CLIENT:
+            self._paused_for_queue = False
+            self._update_reading()
+        if self.reading_done and not self._pending:
+            self._close()
+
+    def eof_received(self) -> bool:
+        """The client half-closed: answer what was read, then close. True: the driver keeps the transport open."""
+        self.stop_reading()
+        return True
+
+    def pause_writing(self) -> None:
+        """The transport's buffer passed its high-water mark: stop reading until it drains."""
+        self._paused_for_writes = True
+        if not self.client.output_since:  # the write deadline runs from here
+            self.client.output_since = self.clock()
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        """The transport's buffer drained below its low-water mark."""
+        self._paused_for_writes = False
+        self.client.output_since = 0.0
+        self.client.last_interaction = self.clock()  # as Redis: a write the client took is interaction
+        self._update_reading()
+
+    def stop_reading(self) -> None:
+        """No more requests from this client (EOF, QUIT, shutdown); those already read still get replies."""
+        if self.closed:
+            return
+        if not self.reading_done:
+            self.reading_done = True
+            with contextlib.suppress(RuntimeError):  # asyncio: the transport is already closing
+                self.transport.pause_reading()
+        if not self._pending:
+            self._close()
+
+    def check_deadlines(self, now: float) -> str | None:
+        """The clients cron's question: close this client if it overran a deadline; return the reason."""
+        if self.closed:
+            return None
+        reason = deadline_passed(self.config, self.client, now, reading=self.waiting_on_peer())
+        if reason is not None:
+            self.close_for(reason)
+        return reason
+
+    def connection_lost(self) -> None:
+        """The transport is gone: cancel unfinished jobs (their replies are dropped), forget queued replies."""
+        self.closed = self.reading_done = True
+        for item in self._pending:
+            if item.__class__ is Job and item.reply is None:
+                self.jobs.cancel(item)
+        self._pending.clear()
+        self._out.clear()
+        self._out_bytes = 0
+        log.debug("connection_closed", client_id=self.client.id)
+
+    # -- questions from the driver -----------------------------------------------------------
+    def waiting_on_peer(self) -> bool:
+        """No request of this client is executing and its replies are not held back: only the peer can act."""
+        return not self._pending and not self._paused_for_writes and not self.reading_done
+
+    def unsent_bytes(self) -> int:
+        """Reply bytes not yet taken by the client: held here plus the transport's buffer."""
+        return self._out_bytes + self.transport.get_write_buffer_size()
+
+    # -- limits ------------------------------------------------------------------------------
+    def close_for(self, reason: str, **detail: Any) -> None:
+        """Close this client because it passed a limit: count and log once, no reply.
+
+        A write-side limit (output buffer, write timeout) aborts: queued
+        replies are dropped with the transport's buffer at once. A read-side
+        one (idle, request deadline, query buffer) closes: nothing is queued.
+        """
+        if self.closed:
+            return
+        note_limit_close(self.client, reason, self.stats, **detail)
+        self.reading_done = self.closed = True
+        if reason in _ABORTING_LIMITS:
+            self._out.clear()
+            self._out_bytes = 0
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    def _over_output_limit(self) -> bool:
+        """True when this connection is closed, or is now closed for holding too many unsent reply bytes."""
+        if self.closed:
+            return True
+        unsent = self._out_bytes + self.transport.get_write_buffer_size()
+        limit = self.config.output_buffer_limit
+        if unsent <= limit:
+            return False
+        self.close_for(OUTPUT_BUFFER, unsent=unsent, limit=limit)
+        return True
+
+    def _note_partial_request(self, buffered: int, served: bool) -> None:
+        """The parser holds part of a request: enforce the query buffer cap, start its request deadline."""
+        limit = self.config.query_buffer_limit
+        if buffered > limit:
+            self.close_for(QUERY_BUFFER, buffered=buffered, limit=limit)
+        elif served or not self.client.request_started:
+            self.client.request_started = self.clock()
+
+    # -- replies -----------------------------------------------------------------------------
+    def _start_job(self, job: Job) -> None:
+        """Queue the job's slot, write what is ready before it (it may take long), then hand it to the runner."""
+        self._pending.append(job)
+        if self._out:
+            self._write_out()
+        self.jobs.start(job, self)
+
+    def _release_ready(self) -> None:
+        pending = self._pending
+        out = self._out
+        ready = 0
+        for head in pending:
+            if isinstance(head, bytes):
+                out.append(head)
+            elif head.reply is not None:
+                out.append(head.reply)
+            else:
+                break
+            ready += 1
+        del pending[:ready]
+
+    def _write_out(self) -> None:
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if self.closed:
+            return
+        self._out_bytes -= len(data)
+        self.stats.total_net_output_bytes += len(data)
+        self.transport.write(data)
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    # -- reading control ---------------------------------------------------------------------
+    def _update_reading(self) -> None:
+        """Pause reading while either bound is exceeded; resume when both are clear (unless reading is done)."""
+        if self.closed or self.reading_done:
+            return
+        if self._paused_for_queue or self._paused_for_writes:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+
+def shutting_down_reply() -> bytes:
+    """What a request whose job the server gave up on at shutdown is answered (so no slot is left empty)."""
+    return encode_error(SHUTTING_DOWN)

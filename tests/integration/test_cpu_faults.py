@@ -1,0 +1,342 @@
+"""Cpu-work limits and faults (issue 5), on real server subprocesses, in both front ends.
+
+A worker SIGKILLed mid-request, a cpu timeout, BUSY shedding, a client gone
+mid-request, exceptions that cannot cross a process boundary, an exception in
+an inline command, and SIGTERM with requests in flight. The test-only
+commands come from ``tests/fault_commands.py`` (``--modules``); BURN runs for
+a set wall-clock time so the outcome does not depend on the machine's load.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from server.cpu.backend import WORKER_DIED
+from server.cpu.jobs import busy_error, timeout_error
+from server.cpu.worker import CANNOT_SEND
+from server.protocol import ErrorReply, SimpleString, encode_command
+from tests.support import RespSocket, ServerProcess, info_fields
+
+FRONT_ENDS = ["async", "threaded"]
+FAULTS = ["--modules", "tests.fault_commands"]
+
+#: Upper bound on anything the tests wait for (a pool replacement, a timeout, a count returning to 0).
+#: A healthy run needs well under a second for each; the bound only keeps a broken run from hanging.
+WAIT_BOUND = 30.0
+
+PRIMES_1000 = 168
+PRIMES_2M = 148_933
+#: About 3 s of one core: long enough that a kill or a signal lands while it runs.
+LONG_PRIMES = 50_000_000
+
+
+def info(conn: RespSocket) -> dict[str, str]:
+    return info_fields(conn, "everything")
+
+
+def wait_for(predicate: Callable[[], bool], what: str, bound: float = WAIT_BOUND) -> None:
+    deadline = time.monotonic() + bound
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {bound} s: {what}")
+        time.sleep(0.02)
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[..., ServerProcess]]:
+    """Start servers with the fault commands loaded; each must exit 0 on SIGTERM at teardown."""
+    started: list[ServerProcess] = []
+
+    def run(mode: str, *extra: str) -> ServerProcess:
+        process = ServerProcess(mode, "pool", [*FAULTS, *extra])
+        started.append(process)
+        return process
+
+    yield run
+    for process in started:
+        assert process.stop() == 0, process.raw_lines[-20:]
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_killed_worker_fails_only_the_running_request(mode: str, start: Callable[..., ServerProcess]) -> None:
+    """SIGKILL a worker while PRIMES runs: that request gets an error, the one queued behind it is served,
+    another connection's PING is answered meanwhile, one pool replacement, the next PRIMES works."""
+    process = start(mode, "--workers", "1")
+    with process.connect() as running, process.connect() as queued, process.connect() as other:
+        (pid,) = map(int, info(other)["pool_worker_pids"].split(","))
+        running.send("PRIMES", LONG_PRIMES)
+        wait_for(lambda: info(other)["cpu_jobs_running"] == "1", "PRIMES running")
+        queued.send("PRIMES", 1000)
+        wait_for(lambda: info(other)["cpu_jobs_queued"] == "1", "second PRIMES queued")
+        os.kill(pid, signal.SIGKILL)
+        assert other.call("PING") == SimpleString("PONG")
+        assert running.read_reply() == ErrorReply(WORKER_DIED)
+        assert queued.read_reply() == PRIMES_1000  # it never started: resubmitted to the fresh pool
+        assert other.call("PING") == SimpleString("PONG")
+        assert running.call("PRIMES", 1000) == PRIMES_1000
+        stats = info(other)
+        assert stats["pool_restarts"] == "1"
+        assert stats["cpu_worker_failures"] == "1"
+        assert stats["cpu_jobs_in_flight"] == "0"
+        assert pid not in map(int, stats["pool_worker_pids"].split(","))
+    assert len(process.events("pool_replaced")) == 1
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_killed_worker_with_many_jobs_in_flight_replaces_the_pool_once(
+    mode: str, start: Callable[..., ServerProcess]
+) -> None:
+    """Several requests fail at once on the broken executor: one replacement, not one per request."""
+    process = start(mode, "--workers", "2")
+    conns = [process.connect() for _ in range(6)]
+    try:
+        with process.connect() as other:
+            pids = list(map(int, info(other)["pool_worker_pids"].split(",")))
+            for conn in conns[:2]:
+                conn.send("BURN", 60_000)
+            wait_for(lambda: info(other)["cpu_jobs_running"] == "2", "both workers busy")
+            for conn in conns[2:]:
+                conn.send("BURN", 100)
+            wait_for(lambda: info(other)["cpu_jobs_queued"] == "4", "four waiting")
+            os.kill(pids[0], signal.SIGKILL)
+            # The two that were running get an error; the four waiting are resubmitted and served:
+            assert [conn.read_reply() for conn in conns] == [ErrorReply(WORKER_DIED)] * 2 + [100] * 4
+            stats = info(other)
+            assert stats["pool_restarts"] == "1" and stats["cpu_worker_failures"] == "2"
+            assert int(stats["cpu_jobs_resubmitted"]) == 4
+    finally:
+        for conn in conns:
+            conn.close()
+    assert len(process.events("pool_replaced")) == 1
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_cpu_timeout_answers_in_order_and_replaces_the_worker(mode: str, start: Callable[..., ServerProcess]) -> None:
+    process = start(mode, "--workers", "1", "--cpu-timeout", "1")
+    with process.connect() as conn, process.connect() as other:
+        (pid,) = map(int, info(other)["pool_worker_pids"].split(","))
+        conn.send_raw(encode_command("BURN", 60_000) + encode_command("PING"))
+        assert conn.read_reply() == ErrorReply(timeout_error("burn", 1))  # long before the 60 s are up
+        assert conn.read_reply() == SimpleString("PONG")  # in request order, after the timed-out one
+        wait_for(lambda: pid_gone(pid), f"worker {pid} gone")
+        assert conn.call("PRIMES", 1000) == PRIMES_1000
+        stats = info(other)
+        assert stats["cpu_timeouts"] == "1" and stats["pool_restarts"] == "1"
+        assert pid not in map(int, stats["pool_worker_pids"].split(","))
+        wait_for(lambda: info(other)["cpu_jobs_in_flight"] == "0", "books back to 0")
+    assert len(process.events("cpu_timeout")) == 1
+    assert process.events("cpu_timeout")[0]["pid"] == pid
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_cpu_timeout_resubmits_the_innocent_jobs_of_the_stopped_pool(
+    mode: str, start: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """A neighbour's timeout kills the executor under a running request; that request is run again on the
+    fresh pool and answered normally. The file the innocent request waits for is created only after every
+    worker of the old pool has exited, so the answer can only come from a second run on the fresh pool."""
+    process = start(mode, "--workers", "2", "--cpu-timeout", "4")
+    flag = tmp_path / "go"
+    with process.connect() as slow, process.connect() as innocent, process.connect() as other:
+        old_pids = list(map(int, info(other)["pool_worker_pids"].split(",")))
+        slow.send("BURN", 60_000)
+        wait_for(lambda: info(other)["cpu_jobs_running"] == "1", "BURN running")
+        time.sleep(1.5)  # the innocent request starts well after the slow one, so only the slow one times out
+        innocent.send("WAITFILE", str(flag), 60_000)
+        assert slow.read_reply() == ErrorReply(timeout_error("burn", 4))
+        for pid in old_pids:  # the innocent request's first worker is gone too before its file appears
+            wait_for(lambda pid=pid: pid_gone(pid), f"old worker {pid} gone")
+        flag.touch()
+        assert innocent.read_reply() == 1
+        stats = info(other)
+        assert stats["cpu_timeouts"] == "1"
+        assert int(stats["cpu_jobs_resubmitted"]) >= 1
+        assert stats["cpu_worker_failures"] == "0"
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_busy_sheds_past_the_queue_limit_without_reaching_the_executor(
+    mode: str, start: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """--workers 1 --cpu-queue-limit 2: one runs, two wait, the rest get -BUSY at once (before any of the
+    admitted ones finish) and never reach a worker (TRACE writes one line per job a worker runs)."""
+    process = start(mode, "--workers", "1", "--cpu-queue-limit", "2")
+    trace = tmp_path / "trace"
+    conns = [process.connect() for _ in range(6)]
+    try:
+        for conn in conns:
+            conn.send("TRACE", str(trace), 1500)
+        arrival: list[object] = []
+        waiting = {conn.sock: conn for conn in conns}
+        while waiting:
+            ready, _, _ = select.select(list(waiting), [], [], WAIT_BOUND)
+            assert ready, "no reply within the bound"
+            for sock in ready:
+                arrival.append(waiting.pop(sock).read_reply())
+        busy = [reply for reply in arrival if isinstance(reply, ErrorReply)]
+        assert len(busy) == 3 and arrival.count(1500) == 3
+        assert all(str(reply).startswith("BUSY cpu queue is full (") for reply in busy)
+        assert all(isinstance(reply, ErrorReply) for reply in arrival[:3])  # shed at once, not queued
+        assert len(trace.read_text().splitlines()) == 3
+        with process.connect() as other:
+            stats = info(other)
+            assert stats["cpu_rejected_busy"] == "3" and stats["cpu_queue_limit"] == "2"
+            assert other.call("TRACE", str(trace), 0) == 0  # the backlog drained: admitted again
+    finally:
+        for conn in conns:
+            conn.close()
+    assert len(process.events("cpu_shedding_started")) == 1  # one line per episode, not per request
+    assert len(process.events("cpu_shedding_stopped")) == 1
+
+
+def test_busy_replies_keep_request_order_in_a_pipeline(start: Callable[..., ServerProcess]) -> None:
+    """One asyncio connection pipelining ten cpu requests: three admitted, seven shed, replies in order."""
+    process = start("async", "--workers", "1", "--cpu-queue-limit", "2")
+    with process.connect() as conn:
+        conn.send_raw(b"".join(encode_command("BURN", 200) for _ in range(10)))
+        replies = [conn.read_reply() for _ in range(10)]
+        assert replies[:3] == [200, 200, 200]
+        assert replies[3] == ErrorReply(busy_error(2))
+        assert all(isinstance(reply, ErrorReply) and str(reply).startswith("BUSY ") for reply in replies[3:])
+        assert info(conn)["cpu_rejected_busy"] == "7"
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_client_gone_mid_cpu_request_leaks_nothing(mode: str, start: Callable[..., ServerProcess]) -> None:
+    process = start(mode, "--workers", "1")
+    with process.connect() as other:
+        for _ in range(3):
+            gone = process.connect()
+            gone.send_raw(encode_command("BURN", 500) + encode_command("BURN", 500))
+            wait_for(lambda: info(other)["cpu_jobs_running"] == "1", "BURN running")
+            gone.close()
+        wait_for(lambda: info(other)["connected_clients"] == "1", "departed clients unregistered")
+        wait_for(lambda: info(other)["cpu_jobs_in_flight"] == "0", "in-flight jobs back to 0")
+        assert other.call("PRIMES", 1000) == PRIMES_1000
+        stats = info(other)
+        assert stats["pool_restarts"] == "0" and stats["cpu_worker_failures"] == "0"
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_exceptions_that_cannot_be_unpickled_do_not_break_the_pool(
+    mode: str, start: Callable[..., ServerProcess]
+) -> None:
+    process = start(mode)
+    with process.connect() as conn:
+        assert conn.call("BADPICKLE") == ErrorReply("ERR UnpicklableError: cannot unpickle")
+        assert conn.call("BADBASE") == ErrorReply("ERR UnpicklableBaseError: cannot unpickle")
+        assert conn.call("BADVALUE") == ErrorReply(CANNOT_SEND)
+        assert conn.call("PRIMES", 1000) == PRIMES_1000
+        stats = info(conn)
+        assert stats["pool_restarts"] == "0" and stats["cpu_worker_failures"] == "0"
+    assert process.events("pool_replaced") == []
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_exception_in_an_inline_command_is_an_error_reply_and_one_warning(
+    mode: str, start: Callable[..., ServerProcess]
+) -> None:
+    process = start(mode)
+    with process.connect() as conn:
+        conn.send_raw(encode_command("BOOM") + encode_command("PING"))
+        assert conn.read_reply() == ErrorReply("ERR internal error while running 'boom'")
+        assert conn.read_reply() == SimpleString("PONG")  # the connection goes on
+    with process.connect() as conn:
+        assert conn.call("PING") == SimpleString("PONG")  # and so does the server
+    assert process.stop() == 0
+    failures = process.events("command_failed")
+    assert len(failures) == 1
+    assert failures[0]["level"] == "warning" and failures[0]["command"] == "boom"
+    assert "RuntimeError: boom on purpose" in str(failures[0]["exception"])
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_sigterm_under_load_answers_every_request_read(mode: str, start: Callable[..., ServerProcess]) -> None:
+    """Clients pipeline a mix of PING and PRIMES; SIGTERM lands while most are in flight. Every request the
+    server read gets its reply (count sent = count received), then the connection closes, then exit 0."""
+    process = start(mode, "--shutdown-timeout", "60")
+    batch = [("PING",), ("PRIMES", 2_000_000), ("ECHO", "x"), ("PRIMES", 2_000_000)] * 4
+    payload = b"".join(encode_command(*command) for command in batch)
+    conns = [process.connect() for _ in range(6)]
+    try:
+        for conn in conns:
+            conn.send_raw(payload)
+        for conn in conns:  # the first reply proves the server has read this client's whole pipeline
+            assert conn.read_reply() == SimpleString("PONG")
+        process.signal(signal.SIGTERM)
+        received = len(conns)
+        expected = [SimpleString("PONG"), PRIMES_2M, b"x", PRIMES_2M] * 4
+        for conn in conns:
+            for want in expected[1:]:
+                assert conn.read_reply() == want
+                received += 1
+            assert conn.is_closed_by_server(timeout=WAIT_BOUND)
+        assert received == len(conns) * len(batch)
+    finally:
+        for conn in conns:
+            conn.close()
+    assert process.proc.wait(WAIT_BOUND) == 0
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_sigterm_with_a_runaway_cpu_request_exits_once_it_times_out(
+    mode: str, start: Callable[..., ServerProcess]
+) -> None:
+    """The cpu timeout keeps watching during a graceful shutdown: a 60 s request does not hold the exit."""
+    process = start(mode, "--cpu-timeout", "2", "--shutdown-timeout", "30")
+    with process.connect() as conn, process.connect() as other:
+        conn.send("BURN", 60_000)
+        wait_for(lambda: info(other)["cpu_jobs_running"] == "1", "BURN running")
+        process.signal(signal.SIGTERM)
+        assert conn.read_reply() == ErrorReply(timeout_error("burn", 2))
+        assert conn.is_closed_by_server(timeout=WAIT_BOUND)
+    assert process.proc.wait(WAIT_BOUND) == 0
+
+
+def test_replacing_a_broken_executor_from_many_threads_at_once_replaces_it_once() -> None:
+    """Every callback of a broken executor may call replace_broken at the same moment: one replacement."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from server.cpu.pool import CpuPool
+
+    pool = CpuPool(1)
+    try:
+        broken = pool.executor
+        with ThreadPoolExecutor(8) as threads:
+            outcomes = list(threads.map(lambda _: pool.replace_broken(broken), range(8)))
+        assert outcomes.count(True) == 1 and pool.restarts == 1
+        assert pool.executor is not broken
+        assert pool.executor.submit(pow, 2, 10).result(timeout=WAIT_BOUND) == 1024  # the replacement works
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_workers_end_when_the_server_is_killed(mode: str) -> None:
+    """A SIGKILLed server cannot shut its pool down: its workers notice and exit instead of leaking."""
+    server = ServerProcess(mode, "pool", ["--workers", "2"])
+    try:
+        with server.connect() as conn:
+            pids = list(map(int, info(conn)["pool_worker_pids"].split(",")))
+            assert len(pids) == 2
+        server.proc.kill()
+        server.proc.wait(WAIT_BOUND)
+        for pid in pids:
+            wait_for(lambda pid=pid: pid_gone(pid), f"worker {pid} exits after its server was killed")
+    finally:
+        server.stop()
