@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from server.protocol import NOT_ENOUGH_DATA, ReplyParser, encode_command
-from tests.support import SOCKET_TIMEOUT, ServerProcess
 from tests.client_fixtures import RedisServer
+from tests.support import SOCKET_TIMEOUT, ServerProcess
 
 
 class RawSession:
