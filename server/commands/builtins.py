@@ -42,6 +42,8 @@ def _upper(raw: bytes) -> bytes:
 def ping(ctx: CommandContext, args: list[bytes]) -> object:
     if len(args) > 2:
         raise CommandError("ERR wrong number of arguments for 'ping' command")
+    if ctx.client.subscriptions and ctx.client.resp == 2:  # Redis: a subscribed RESP2 client gets a pong array
+        return [b"pong", args[1] if len(args) == 2 else b""]
     return PONG if len(args) == 1 else args[1]
 
 

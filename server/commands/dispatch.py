@@ -16,6 +16,7 @@ import structlog
 from server import security
 from server.commands.actions import Action, RunCpu, Sleep
 from server.commands.auth import NOAUTH
+from server.commands.pubsub import SUBSCRIBED_MODE_COMMANDS, subscribed_mode_error
 from server.commands.registry import Command, CommandError, Kind, Registry
 from server.protocol import ProtocolError, RequestParser
 from server.protocol.reply import NULL_BULK, RESP3_NULL, RawReply, encode_error, encode_reply, encode_reply3
@@ -109,7 +110,8 @@ class Dispatcher:
 
         Error handling: unknown commands, wrong arity and :class:`CommandError`
         become error replies with Redis's wording, checked in Redis's order
-        (unknown, arity, then ``-NOAUTH`` before AUTH when a password is set).
+        (unknown, arity, then ``-NOAUTH`` before AUTH when a password is set,
+        then the RESP2 subscribed-mode rule of :mod:`server.commands.pubsub`).
         A request whose first word is ``POST`` or ``Host:`` is an HTTP request
         sent to this port: it gets no reply, the client is marked to be closed
         and the attempt is logged (see :mod:`server.security`). Any other
@@ -141,6 +143,10 @@ class Dispatcher:
             stats.total_error_replies += 1
             counters.rejected += 1  # Redis: NOAUTH is a rejected call of the command
             return _NOAUTH_REPLY
+        if client.subscriptions and client.resp == 2 and command.name not in SUBSCRIBED_MODE_COMMANDS:
+            stats.total_error_replies += 1
+            counters.rejected += 1  # Redis: a rejected call, like NOAUTH
+            return encode_error(subscribed_mode_error(name))
         started = _perf_counter_ns()
         if command.kind is _CPU:
             try:

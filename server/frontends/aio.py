@@ -81,6 +81,7 @@ class LoopConnection(ConnectionCore, asyncio.Protocol):
         )
         assert server.jobs is not None, "connections are accepted only after start()"
         super().__init__(transport, server.jobs, server.state, server.dispatcher, server.registry, client)
+        client.push = self.push  # pub/sub delivery: the core writes pushed messages on this loop's transport
         self.server = server
         #: Created on demand (shutdown waits on it), so an idle connection does not carry a future.
         self._closed_waiter: asyncio.Future[None] | None = None
