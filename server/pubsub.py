@@ -145,6 +145,10 @@ class PubSubHub:
         return len(deliveries)
 
     # -- introspection (PUBSUB, INFO) --------------------------------------------------------
+    def reset_stats(self) -> None:
+        """CONFIG RESETSTAT: zero the counters (in place: INFO and the metrics hold this object)."""
+        self.stats.messages_published = self.stats.messages_delivered = 0
+
     def active_channels(self, pattern: bytes | None = None) -> list[bytes]:
         """Channels with at least one subscriber, those matching ``pattern`` if given (PUBSUB CHANNELS)."""
         with self._lock:

@@ -154,6 +154,7 @@ class ServerState:
         for item in dataclasses.fields(Stats):
             setattr(self.stats, item.name, getattr(fresh, item.name))
         self.command_stats.reset()
+        self.pubsub.reset_stats()
 
     @property
     def uptime_seconds(self) -> int:
