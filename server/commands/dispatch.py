@@ -130,9 +130,10 @@ class Dispatcher:
                 return _NO_REPLY
             stats.total_error_replies += 1
             return encode_error(unknown_command_error(args))
-        client.last_command = name = command.name
+        name = command.name
         if command.subcommands and len(args) > 1:
             name = subcommand_name(command, args[1])
+        client.last_command = name  # CLIENT LIST's cmd=, Redis's full name (client|info)
         counters = self._by_name.get(name) or self._table.get(name, command.kind.value)
         arity = command.arity
         if (len(args) != arity) if arity >= 0 else (len(args) < -arity):  # Redis arity: exact, or -N = at least N
