@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
+import os
+import socket
+import sys
+import termios
 import time
 
 import structlog
@@ -32,7 +37,7 @@ from server.errors import StartupError
 from server.frontends import tls
 from server.frontends.lifecycle import ServerBase, SignalPolicy
 from server.limits.constants import EXPIRE_SWEEP_INTERVAL, LISTEN_BACKLOG, READ_CHUNK_SIZE, WRITE_BUFFER_HIGH_WATER
-from server.limits.resources import RateLimitedLog, clients_cron_interval, descriptors_exhausted
+from server.limits.resources import RateLimitedLog, clients_cron_interval, descriptors_exhausted, return_freed_memory
 from server.protocol import encode_reply
 from server.store.state import format_address
 
@@ -80,7 +85,15 @@ class LoopConnection(ConnectionCore, asyncio.Protocol):
             sock.fileno() if sock is not None else -1,
         )
         assert server.jobs is not None, "connections are accepted only after start()"
-        super().__init__(transport, server.jobs, server.state, server.dispatcher, server.registry, client)
+        super().__init__(
+            transport,
+            server.jobs,
+            server.state,
+            server.dispatcher,
+            server.registry,
+            client,
+            defer=server.jobs.loop.call_soon,  # big reads are served a slice per loop pass
+        )
         client.push = self.push  # pub/sub delivery: the core writes pushed messages on this loop's transport
         self.server = server
         #: Created on demand (shutdown waits on it), so an idle connection does not carry a future.
@@ -131,6 +144,10 @@ class AsyncServer(ServerBase):
         self._tasks: list[asyncio.Task[None]] = []
         self.stopping = asyncio.Event()
         self._descriptors_log = RateLimitedLog("descriptors_exhausted")
+        #: A dup of each listening socket: the kernel socket outlives uvloop closing its own descriptor (it does
+        #: on an accept error such as ENOBUFS/ENOMEM), so the cron can listen on it again (:meth:`_check_listeners`).
+        self._listen_dups: list[socket.socket] = []
+        self._relisten: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Size descriptors and load TLS, start the pool (pre-warmed, in a thread), bind, accept; log ``started``."""
@@ -151,6 +168,7 @@ class AsyncServer(ServerBase):
             **tls.start_server_arguments(self.ssl_context),
         )
         sockets = self._server.sockets or ()
+        self._listen_dups = [socket.socket(fileno=os.dup(sock.fileno())) for sock in sockets]
         self._tasks = [
             asyncio.create_task(self._every(EXPIRE_SWEEP_INTERVAL, self.state.keyspace.sweep_expired)),
             asyncio.create_task(self._every(clients_cron_interval(config), self._clients_cron)),
@@ -192,6 +210,10 @@ class AsyncServer(ServerBase):
 
     def _clients_cron(self) -> None:
         """Close clients past a deadline; say so when descriptors ran out (uvloop drops new connections silently)."""
+        if self.state.trim_wanted:
+            self.state.trim_wanted = False
+            return_freed_memory()
+        self._check_listeners()
         now = time.monotonic()
         for connection in list(self.connections):
             connection.check_deadlines(now)
@@ -200,6 +222,27 @@ class AsyncServer(ServerBase):
             self._descriptors_log.note(
                 connections=len(self.connections), detail="uvloop closes new connections until one frees up"
             )
+
+    def _check_listeners(self) -> None:
+        """Listen again, on the same kernel socket, if the listener was closed under the server (logged once)."""
+        if self.stopping.is_set() or self._server is None or (self._relisten and not self._relisten.done()):
+            return
+        listeners = getattr(self._server, "sockets", None) or ()
+        pairs = zip(listeners, self._listen_dups, strict=False)
+        if self._server.is_serving() and listeners and all(_same_socket(s, d) for s, d in pairs):
+            return
+        log.error("listener_lost", port=self.state.bound_port, action="listening again on the same socket")
+        self._relisten = asyncio.get_running_loop().create_task(self._listen_again())
+
+    async def _listen_again(self) -> None:
+        self._server = await asyncio.start_server(
+            self._hand_over,
+            sock=socket.socket(fileno=os.dup(self._listen_dups[0].fileno())),
+            limit=READ_CHUNK_SIZE,
+            backlog=LISTEN_BACKLOG,
+            **tls.start_server_arguments(self.ssl_context),
+        )
+        log.info("listener_restored", port=self.state.bound_port)
 
     async def serve(self) -> None:
         """Serve until :meth:`request_stop`, then shut down gracefully."""
@@ -218,7 +261,7 @@ class AsyncServer(ServerBase):
             task.cancel()
         connections = list(self.connections)
         for connection in connections:
-            connection.stop_reading()
+            connection.stop_reading_after(_bytes_waiting(connection.transport))
         waiters = [asyncio.ensure_future(connection.wait_closed()) for connection in connections]
         if waiters:
             _done, not_done = await asyncio.wait(waiters, timeout=self.config.shutdown_timeout)
@@ -230,7 +273,32 @@ class AsyncServer(ServerBase):
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
+        for dup in self._listen_dups:
+            dup.close()
         await asyncio.to_thread(self.stop_services)
+
+
+def _same_socket(listener: object, dup: socket.socket) -> bool:
+    """Whether the server's listening descriptor is still the socket ``dup`` duplicates (not closed, not reused)."""
+    try:
+        return os.fstat(listener.fileno()).st_ino == os.fstat(dup.fileno()).st_ino  # type: ignore[attr-defined]
+    except (OSError, ValueError):
+        return False
+
+
+def _bytes_waiting(transport: object) -> int:
+    """Bytes the client had delivered into the socket's receive queue and not yet read (0 for TLS, unknown)."""
+    get = getattr(transport, "get_extra_info", None)
+    if get is None or get("sslcontext") is not None:  # the queue holds ciphertext: no count of requests in it
+        return 0
+    sock = get("socket")
+    if sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(raw, sys.byteorder)
 
 
 async def serve_async(config: Config) -> None:

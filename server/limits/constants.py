@@ -10,6 +10,14 @@ server hold or do at once.
 #: while a single read stays well inside the kernel's default socket buffer.
 READ_CHUNK_SIZE = 64 * 1024
 
+#: Bytes of one connection's input served per event-loop pass. A bigger read is
+#: served in slices of this size, one per pass, with the connection's reading
+#: paused meanwhile, so accepting, signals, timers and every other client run
+#: between slices: one client streaming pipelined requests cannot hold the loop
+#: for seconds. 16 KiB is what Redis reads per event (PROTO_IOBUF_LEN): a few
+#: hundred small requests, about a millisecond of work.
+FAIR_SHARE_BYTES = 16 * 1024
+
 #: Requests from one connection whose replies are not yet written (waiting on
 #: a cpu job or a SLEEP ahead of them). Past this the front end stops reading
 #: that connection until replies go out: a client that pipelines thousands of

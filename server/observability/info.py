@@ -67,7 +67,12 @@ def _clients(state: ServerState) -> dict[str, object]:
 
 def _memory(state: ServerState) -> dict[str, object]:
     rss = _rss_bytes()
-    return {"used_memory_rss": rss, "used_memory_rss_human": f"{rss / 1024 / 1024:.2f}M"}
+    return {
+        "used_memory_rss": rss,
+        "used_memory_rss_human": f"{rss / 1024 / 1024:.2f}M",
+        # Redis's name for the output buffers of normal clients: what --output-budget bounds.
+        "mem_clients_normal": state.output_bytes,
+    }
 
 
 def _stats(state: ServerState) -> dict[str, object]:
@@ -209,6 +214,7 @@ def _limits(state: ServerState) -> dict[str, object]:
         "write_timeout": _seconds(config.write_timeout),
         "query_buffer_limit": config.query_buffer_limit,
         "output_buffer_limit": config.output_buffer_limit,
+        "output_budget": config.output_budget,
         "max_bulk_length": config.max_bulk_length,
         "open_files_limit": _open_files_limit(),
     }

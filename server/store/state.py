@@ -113,6 +113,10 @@ class ServerState:
         self._clients_lock = threading.Lock()
         #: Filled in by the front end once it is bound (port 0 picks one).
         self.bound_port: int = config.port
+        #: Unsent reply bytes of all clients as their connection cores last counted them (the --output-budget).
+        self.output_bytes = 0
+        #: Set when a client holding a big output buffer was cut: the clients cron returns freed heap to the system.
+        self.trim_wanted = False
         self.pool_size: int = 0
         #: The cpu pool, when there is one (INFO reports its restarts): a server.cpu backend. Typed loosely so the
         #: store does not import the cpu package above it (the layers run one way: cpu -> store).

@@ -91,7 +91,7 @@ class Harness:
     state: ServerState
 
 
-def make_core(config: Config | None = None, *, thread_safe: bool = False) -> Harness:
+def make_core(config: Config | None = None, *, thread_safe: bool = False, loop: FakeLoop | None = None) -> Harness:
     """A core over fakes, with the real registry, dispatcher and store."""
     from server.commands import Dispatcher
 
@@ -102,5 +102,30 @@ def make_core(config: Config | None = None, *, thread_safe: bool = False) -> Har
     jobs = FakeJobs()
     client = state.register_client("127.0.0.1:50000", "127.0.0.1:7379", -1)
     client.last_interaction = clock.now
-    core = ConnectionCore(transport, jobs, state, Dispatcher(registry, state), registry, client, clock=clock)
+    core = ConnectionCore(
+        transport,
+        jobs,
+        state,
+        Dispatcher(registry, state),
+        registry,
+        client,
+        clock=clock,
+        defer=loop.call_soon if loop is not None else None,
+    )
     return Harness(core, transport, jobs, clock, state)
+
+
+class FakeLoop:
+    """Collects deferred callables; ``run_pass`` runs those queued so far, as one event-loop pass would."""
+
+    def __init__(self) -> None:
+        self.ready: list[object] = []
+
+    def call_soon(self, callback: object) -> None:
+        self.ready.append(callback)
+
+    def run_pass(self) -> int:
+        batch, self.ready = self.ready, []
+        for callback in batch:
+            callback()  # type: ignore[operator]
+        return len(batch)

@@ -10,9 +10,10 @@ import pytest
 
 from server.commands import RunCpu, Sleep
 from server.config import Config
-from server.limits.constants import MAX_PENDING_REPLIES_PER_CLIENT
+from server.limits.constants import FAIR_SHARE_BYTES, MAX_PENDING_REPLIES_PER_CLIENT, WRITE_BUFFER_HIGH_WATER
 from server.limits.resources import IDLE_TIMEOUT, REQUEST_TIMEOUT, WRITE_TIMEOUT
-from tests.unit.fakes import make_core
+from server.protocol import encode_command
+from tests.unit.fakes import FakeLoop, make_core
 
 
 def test_pipelined_inline_requests_are_answered_in_one_write() -> None:
@@ -208,3 +209,64 @@ def test_connection_open_and_closed_are_logged_at_debug() -> None:
     events = [entry["event"] for entry in logs]
     assert events == ["connection_open", "connection_closed"]
     assert all(entry["client_id"] == h.core.client.id for entry in logs)
+
+
+def test_a_big_read_is_served_one_slice_per_loop_pass_with_reading_paused() -> None:
+    loop = FakeLoop()
+    h = make_core(loop=loop)
+    request = b"ECHO abcdefgh\r\n"
+    count = 4 * FAIR_SHARE_BYTES // len(request) + 1
+    h.core.data_received(request * count)
+    served = h.transport.output.count(b"$8\r\nabcdefgh\r\n")
+    assert 0 < served <= FAIR_SHARE_BYTES // len(request) + 1
+    assert not h.transport.reading
+    h.core.data_received(b"PING\r\n")  # arrived meanwhile: kept behind the backlog, in order
+    passes = 0
+    while loop.run_pass():
+        passes += 1
+    assert passes >= 4
+    assert h.transport.output.count(b"$8\r\nabcdefgh\r\n") == count
+    assert h.transport.output.endswith(b"+PONG\r\n")
+    assert h.transport.reading
+
+
+def test_without_a_loop_a_big_read_is_served_whole() -> None:
+    h = make_core()
+    h.core.data_received(b"PING\r\n" * (FAIR_SHARE_BYTES // 3))
+    assert h.transport.output.count(b"+PONG\r\n") == FAIR_SHARE_BYTES // 3
+    assert h.transport.reading
+
+
+def test_quit_inside_a_big_read_drops_the_rest() -> None:
+    loop = FakeLoop()
+    h = make_core(loop=loop)
+    h.core.data_received(b"PING\r\n" * 10 + b"QUIT\r\n" + b"PING\r\n" * FAIR_SHARE_BYTES)
+    while loop.run_pass():
+        pass
+    assert h.transport.output == b"+PONG\r\n" * 10 + b"+OK\r\n"
+    assert h.transport.closed
+
+
+def test_the_server_wide_output_budget_cuts_clients_that_do_not_keep_up() -> None:
+    config = Config(output_budget=WRITE_BUFFER_HIGH_WATER * 6)
+    first, second = make_core(config), make_core(config)
+    second.core.state = first.state  # two connections of one server
+    for h in (first, second):
+        h.transport.peer_reads = False
+        h.core.pause_writing()
+    first.core.data_received(encode_command("ECHO", b"a" * (WRITE_BUFFER_HIGH_WATER * 5)))
+    assert not first.transport.closed  # alone under the budget
+    second.core.data_received(encode_command("ECHO", b"b" * (WRITE_BUFFER_HIGH_WATER * 5)))
+    assert second.transport.aborted  # the two together passed it: the one asking for more is cut
+    assert first.state.output_bytes < config.output_budget
+    first.core.connection_lost()
+    assert first.state.output_bytes == 0
+    assert first.state.trim_wanted  # a big buffer went away: freed heap is to be returned
+
+
+def test_a_client_that_reads_is_not_counted_against_the_budget() -> None:
+    h = make_core(Config(output_budget=1024 * 1024))
+    for _ in range(100):
+        h.core.data_received(encode_command("ECHO", b"c" * 100_000))
+    assert not h.transport.closed
+    assert h.state.output_bytes == 0
