@@ -13,6 +13,7 @@ event (called by the driver)                action (called on the driver's objec
 ``eof_received()`` / ``stop_reading()``     ``transport.close()`` once replies are out
 ``check_deadlines(now)``                    ``transport.close()`` / ``transport.abort()``
 ``connection_lost()``                       ``jobs.cancel(job)`` for each unfinished job
+``push(data)`` (pub/sub, via client.push)   ``transport.write(bytes)``, ``transport.abort()``
 ==========================================  =============================================
 
 No sockets, asyncio or threads in here: the asyncio driver passes its uvloop
@@ -34,9 +35,17 @@ import structlog
 
 from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep
 from server.config import Config
-from server.limits.constants import FAIR_SHARE_BYTES, MAX_PENDING_REPLIES_PER_CLIENT, WRITE_BUFFER_HIGH_WATER
+from server.limits.constants import (
+    FAIR_SHARE_BYTES,
+    MAX_PENDING_REPLIES_PER_CLIENT,
+    PUBSUB_OUTPUT_HARD_LIMIT,
+    PUBSUB_OUTPUT_SOFT_LIMIT,
+    PUBSUB_OUTPUT_SOFT_SECONDS,
+    WRITE_BUFFER_HIGH_WATER,
+)
 from server.limits.resources import (
     OUTPUT_BUFFER,
+    PUBSUB_OUTPUT_BUFFER,
     QUERY_BUFFER,
     WRITE_TIMEOUT,
     deadline_passed,
@@ -55,7 +64,7 @@ SHUTTING_DOWN = "ERR server is shutting down"
 BIG_BUFFER_TO_TRIM = 4 * WRITE_BUFFER_HIGH_WATER
 
 #: Limits whose close drops what is unsent (RST): the client is not taking its replies anyway.
-_ABORTING_LIMITS = frozenset({OUTPUT_BUFFER, WRITE_TIMEOUT})
+_ABORTING_LIMITS = frozenset({OUTPUT_BUFFER, PUBSUB_OUTPUT_BUFFER, WRITE_TIMEOUT})
 
 
 class Transport(Protocol):
@@ -379,6 +388,48 @@ class ConnectionCore:
         self._out_bytes = 0
         self._unaccount()
         log.debug("connection_closed", client_id=self.client.id)
+
+    def push(self, data: bytes) -> None:
+        """A pub/sub message for this client, already encoded (``client.push``, set by the driver).
+
+        It goes out now, in one write, unless replies are waiting on a job:
+        then it queues behind them, so a RESP2 client never sees a message
+        before the confirmation of the SUBSCRIBE it pipelined after a cpu
+        command. While this connection is serving its own chunk (it published
+        to itself) the chunk's one write takes it, after the replies before
+        the PUBLISH and before the PUBLISH's own, as Redis orders them.
+        Then the pub/sub output limits apply (a subscriber that does not read
+        is cut off without anyone else waiting on it).
+        """
+        if self.closed:
+            return
+        self._out_bytes += len(data)
+        if self._pending:
+            self._pending.append(data)
+        else:
+            self._out.append(data)
+            if not self._dispatching:
+                self._write_out()
+        self._check_pubsub_output()
+
+    def _check_pubsub_output(self) -> None:
+        """Redis's ``client-output-buffer-limit pubsub``: over the hard limit, or over the soft one for too long.
+
+        The unsent bytes also count into the server-wide output total (--output-budget's accounting).
+        """
+        unsent = self._account()
+        client = self.client
+        if unsent <= PUBSUB_OUTPUT_SOFT_LIMIT:
+            client.pubsub_soft_since = 0.0
+            return
+        if unsent > PUBSUB_OUTPUT_HARD_LIMIT:
+            self.close_for(PUBSUB_OUTPUT_BUFFER, unsent=unsent, limit=PUBSUB_OUTPUT_HARD_LIMIT)
+            return
+        now = self.clock()
+        if not client.pubsub_soft_since:
+            client.pubsub_soft_since = now
+        elif now - client.pubsub_soft_since > PUBSUB_OUTPUT_SOFT_SECONDS:
+            self.close_for(PUBSUB_OUTPUT_BUFFER, unsent=unsent, limit=PUBSUB_OUTPUT_SOFT_LIMIT, soft=True)
 
     # -- questions from the driver -----------------------------------------------------------
     def waiting_on_peer(self) -> bool:

@@ -94,6 +94,7 @@ class LoopConnection(ConnectionCore, asyncio.Protocol):
             client,
             defer=server.jobs.loop.call_soon,  # big reads are served a slice per loop pass
         )
+        client.push = self.push  # pub/sub delivery: the core writes pushed messages on this loop's transport
         self.server = server
         #: Created on demand (shutdown waits on it), so an idle connection does not carry a future.
         self._closed_waiter: asyncio.Future[None] | None = None

@@ -57,6 +57,8 @@ REQUEST_TIMEOUT = "request_timeout"
 WRITE_TIMEOUT = "write_timeout"
 QUERY_BUFFER = "query_buffer_limit"
 OUTPUT_BUFFER = "output_buffer_limit"
+#: A subscriber past the pub/sub output limits (PUBSUB_OUTPUT_* in server.limits.constants).
+PUBSUB_OUTPUT_BUFFER = "pubsub_output_buffer_limit"
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,7 @@ _STAT_BY_REASON = {
     WRITE_TIMEOUT: "client_write_timeout_disconnections",
     QUERY_BUFFER: "client_query_buffer_limit_disconnections",
     OUTPUT_BUFFER: "client_output_buffer_limit_disconnections",
+    PUBSUB_OUTPUT_BUFFER: "pubsub_output_buffer_limit_disconnections",
 }
 
 

@@ -88,6 +88,12 @@ def _stats(state: ServerState) -> dict[str, object]:
         "client_idle_timeout_disconnections": stats.client_idle_timeout_disconnections,
         "client_request_timeout_disconnections": stats.client_request_timeout_disconnections,
         "client_write_timeout_disconnections": stats.client_write_timeout_disconnections,
+        "pubsub_channels": state.pubsub.channel_count,
+        "pubsub_patterns": state.pubsub.pattern_count,
+        # crossdock's own, beside Redis's two above: fan-out volume and subscribers cut off by the pub/sub limit.
+        "pubsub_messages_published": state.pubsub.stats.messages_published,
+        "pubsub_messages_delivered": state.pubsub.stats.messages_delivered,
+        "pubsub_output_buffer_limit_disconnections": stats.pubsub_output_buffer_limit_disconnections,
         "accept_resource_errors": stats.accept_resource_errors,
         "expired_keys": state.keyspace.expired_keys,
         "total_error_replies": stats.total_error_replies,

@@ -1,4 +1,4 @@
-"""Incremental RESP2 reply parser for clients: bytes in, Python values out.
+"""Incremental RESP2 and RESP3 reply parser for clients: bytes in, Python values out.
 
 =====================  ===================================================
 on the wire            value returned by :meth:`ReplyParser.next_reply`
@@ -9,14 +9,32 @@ on the wire            value returned by :meth:`ReplyParser.next_reply`
 ``$5 hello``           ``b"hello"`` (``"hello"`` with ``decode=True``)
 ``$-1`` / ``*-1``      ``None``
 ``*N ...``             ``list`` of the above, nested as sent
+RESP3:
+``_``                  ``None``
+``#t`` / ``#f``        ``True`` / ``False``
+``,1.5``               ``1.5`` (``float``; ``inf``, ``-inf``, ``nan`` too)
+``(123...``            ``int`` (a big number)
+``!N ...``             ``ErrorReply`` (a blob error)
+``=N txt:...``         :class:`VerbatimBytes` without its format prefix
+                       (:class:`~server.protocol.reply.Verbatim`, a ``str``,
+                       with ``decode=True``)
+``%N ...``             ``dict`` (a key that is an aggregate becomes a tuple)
+``~N ...``             :class:`~server.protocol.reply.SetReply` (a ``list``,
+                       in the server's order)
+``>N ...``             :class:`~server.protocol.reply.PushReply` (a ``list``)
+``|N ...``             nothing: attributes are dropped, the value after
+                       them is returned, as redis-py does
 =====================  ===================================================
 
 Status and error lines are always text (``SimpleString``/``ErrorReply`` are
 ``str``), decoded as UTF-8 with undecodable bytes replaced, as hiredis does;
-``decode=True`` decodes bulk strings the same way. The grammar is strict
-RESP2: lines end with ``\\r\\n``, integers and lengths follow Redis's
+``decode=True`` decodes bulk strings the same way. The grammar is strict:
+lines end with ``\\r\\n``, integers and lengths follow Redis's
 ``string2ll`` (no ``+``, no leading zeros), a bulk must be followed by
-``\\r\\n``, and only the five RESP2 type bytes are known. There is no size
+``\\r\\n``, and only the type bytes above are known (RESP3's streamed
+strings and aggregates, which Redis never sends, are refused).
+RESP3 values are never proven by hiredis (their RESP2 re-encoding cannot
+match the input), so they always take the pure path. There is no size
 cap: a client trusts its server; watch :attr:`ReplyParser.buffered` if not.
 
 hiredis and status replies: ``hiredis.Reader`` returns ``+OK`` as ``b"OK"``,
@@ -53,7 +71,17 @@ from typing import Any, Final
 from server.protocol import _hiredis_fast
 from server.protocol._redis_text import string2ll
 from server.protocol.errors import ProtocolError
-from server.protocol.reply import ErrorReply, SimpleString, encode_reply
+from server.protocol.reply import ErrorReply, PushReply, SetReply, SimpleString, Verbatim, encode_reply
+
+
+class VerbatimBytes(bytes):
+    """A RESP3 verbatim string (``=N txt:...``) as bytes, its three-letter format dropped.
+
+    A subclass only so that a display can tell it from a bulk string (redis-cli
+    prints verbatim text as it is); everywhere else it is ``bytes``.
+    """
+
+    __slots__ = ()
 
 
 class _NotEnoughData:
@@ -83,6 +111,23 @@ _MINUS: Final = 0x2D
 _COLON: Final = 0x3A
 _DOLLAR: Final = 0x24
 _STAR: Final = 0x2A
+# RESP3's type bytes.
+_UNDERSCORE: Final = 0x5F
+_HASH: Final = 0x23
+_COMMA: Final = 0x2C
+_LPAREN: Final = 0x28
+_BANG: Final = 0x21
+_EQUALS: Final = 0x3D
+_PERCENT: Final = 0x25
+_TILDE: Final = 0x7E
+_GREATER: Final = 0x3E
+_PIPE: Final = 0x7C
+#: Aggregate type bytes -> elements per unit of their count (a map's count is in key/value pairs).
+_AGGREGATES: Final = {_STAR: 1, _TILDE: 1, _GREATER: 1, _PERCENT: 2, _PIPE: 2}
+#: Bulk-shaped type bytes: a length line, then that many bytes and CRLF.
+_BLOBS: Final = frozenset({_DOLLAR, _EQUALS, _BANG})
+#: Verbatim strings start with a three-letter format and a colon (``txt:``), dropped from the value.
+VERBATIM_PREFIX_LENGTH: Final = 4
 
 
 class ReplyParser:
@@ -111,8 +156,8 @@ class ReplyParser:
         self._buf = bytearray()
         self._pos = 0
         self._scan = 0  # no CRLF in the current line before this index
-        # Arrays being filled, outermost first: [items, elements still expected].
-        self._stack: list[tuple[list[object], int]] = []
+        # Aggregates being filled, outermost first: (items, elements expected, type byte).
+        self._stack: list[tuple[list[object], int, int]] = []
         self._error: ProtocolError | None = None
         self._hr_reader: Any = None
         self._hr_spare: Any = None
@@ -245,7 +290,7 @@ class ReplyParser:
     def _pure_one(self) -> object:
         """The reference parser: one complete reply, or NOT_ENOUGH_DATA (arrays resume on the stack).
 
-        Error handling: raises :class:`ProtocolError` for anything outside strict RESP2.
+        Error handling: raises :class:`ProtocolError` for anything outside strict RESP2/RESP3.
         """
         buf = self._buf
         n = len(buf)
@@ -262,9 +307,9 @@ class ReplyParser:
                     return NOT_ENOUGH_DATA
                 kind = buf[p]
                 value: object
-                if kind == _DOLLAR:
+                if kind in _BLOBS:
                     length = string2ll(buf[p + 1 : nl])
-                    if length is None or length < -1:
+                    if length is None or length < -1 or (length == -1 and kind != _DOLLAR):
                         raise ProtocolError("Protocol error: invalid bulk length")
                     if length == -1:
                         value = None
@@ -278,7 +323,10 @@ class ReplyParser:
                         if buf[end : end + 2] != _CRLF:
                             raise ProtocolError("Protocol error: bulk string not followed by CRLF")
                         data = bytes(buf[start:end])
-                        value = data.decode("utf-8", "replace") if self._decode else data
+                        if kind == _DOLLAR:
+                            value = data.decode("utf-8", "replace") if self._decode else data
+                        else:
+                            value = _blob3(kind, data, self._decode)
                         p = end + 2
                 elif kind == _PLUS:
                     line = bytes(buf[p + 1 : nl])
@@ -293,29 +341,74 @@ class ReplyParser:
                 elif kind == _MINUS:
                     value = ErrorReply(buf[p + 1 : nl].decode("utf-8", "replace"))
                     p = nl + 2
-                elif kind == _STAR:
+                elif kind in _AGGREGATES:
                     count = string2ll(buf[p + 1 : nl])
-                    if count is None or count < -1:
+                    if count is None or count < -1 or (count == -1 and kind != _STAR):
                         raise ProtocolError("Protocol error: invalid multibulk length")
                     p = nl + 2
                     if count > 0:
-                        stack.append(([], count))
+                        stack.append(([], count * _AGGREGATES[kind], kind))
                         continue
-                    value = None if count == -1 else []
+                    if kind == _PIPE:
+                        continue  # an empty attribute: the value follows
+                    value = None if count == -1 else _aggregate(kind, [])
                 else:
-                    raise ProtocolError(f"Protocol error: got {chr(kind)!r} as reply type byte")
-                # Attach the value to the innermost open array, closing full ones.
+                    value = _simple3(kind, bytes(buf[p + 1 : nl]))
+                    p = nl + 2
+                # Attach the value to the innermost open aggregate, closing full ones.
                 while stack:
-                    items, expected = stack[-1]
+                    items, expected, kind = stack[-1]
                     items.append(value)
                     if len(items) < expected:
                         break
                     stack.pop()
-                    value = items
+                    if kind == _PIPE:
+                        break  # an attribute is complete: dropped, the value it describes comes next
+                    value = items if kind == _STAR else _aggregate(kind, items)
                 else:
                     return value
         finally:
             self._pos = p
+
+
+def _simple3(kind: int, line: bytes) -> object:
+    """A RESP3 one-line value: null, boolean, double or big number.
+
+    Error handling: any other type byte, or a malformed value, raises :class:`ProtocolError`.
+    """
+    if kind == _UNDERSCORE and not line:
+        return None
+    if kind == _HASH and line in (b"t", b"f"):
+        return line == b"t"
+    if kind == _COMMA:
+        try:
+            return float(line)
+        except ValueError:
+            raise ProtocolError("Protocol error: invalid double reply") from None
+    if kind == _LPAREN:
+        try:
+            return int(line)
+        except ValueError:
+            raise ProtocolError("Protocol error: invalid big number reply") from None
+    if kind in (_UNDERSCORE, _HASH):
+        raise ProtocolError(f"Protocol error: invalid {chr(kind)!r} reply")
+    raise ProtocolError(f"Protocol error: got {chr(kind)!r} as reply type byte")
+
+
+def _blob3(kind: int, data: bytes, decode: bool) -> object:
+    """A RESP3 blob error (``!``) or verbatim string (``=``), from its payload."""
+    if kind == _BANG:
+        return ErrorReply(data.decode("utf-8", "replace"))
+    text = data[VERBATIM_PREFIX_LENGTH:]
+    return Verbatim(text.decode("utf-8", "replace")) if decode else VerbatimBytes(text)
+
+
+def _aggregate(kind: int, items: list[object]) -> object:
+    """A complete RESP3 aggregate other than an array: a map, a set or a push message."""
+    if kind == _PERCENT:
+        keys = [tuple(key) if isinstance(key, list) else key for key in items[::2]]
+        return dict(zip(keys, items[1::2], strict=True))
+    return SetReply(items) if kind == _TILDE else PushReply(items)
 
 
 def _wire(reply: object) -> bytes:

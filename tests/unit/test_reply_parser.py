@@ -17,6 +17,8 @@ from server.protocol import (
     _hiredis_fast,
     encode_reply,
 )
+from server.protocol.reply import PushReply, SetReply, Verbatim
+from server.protocol.reply_parser import VerbatimBytes
 
 PATHS = [False, True] if _hiredis_fast.AVAILABLE else [False]
 
@@ -138,16 +140,75 @@ def test_not_enough_data_then_complete(use_hiredis: bool) -> None:
     assert repr(NOT_ENOUGH_DATA) == "NOT_ENOUGH_DATA"
 
 
+RESP3_STREAM = (
+    b"_\r\n#t\r\n#f\r\n,1.5\r\n,-inf\r\n,3.1400000000000001\r\n(3492890328409238509324850943850943825024385\r\n"
+    b"!9\r\nERR blob!\r\n=15\r\ntxt:Some string\r\n"
+    b"%2\r\n+first\r\n:1\r\n*1\r\n$1\r\nk\r\n_\r\n~2\r\n+a\r\n:2\r\n>3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n"
+    b"|1\r\n+ttl\r\n:3\r\n$5\r\nvalue\r\n*2\r\n|1\r\n+a\r\n:1\r\n:8\r\n:9\r\n%0\r\n~0\r\n"
+)
+RESP3_VALUES: list[object] = [
+    None,
+    True,
+    False,
+    1.5,
+    float("-inf"),
+    3.14,
+    3492890328409238509324850943850943825024385,
+    ErrorReply("ERR blob!"),
+    VerbatimBytes(b"Some string"),
+    {SimpleString("first"): 1, (b"k",): None},
+    SetReply([SimpleString("a"), 2]),
+    PushReply([b"message", b"c", b"m"]),
+    b"value",
+    [8, 9],
+    {},
+    SetReply(),
+]
+
+
+@pytest.mark.parametrize("sizes", [None, [1], [3, 7]])
+def test_resp3_values(use_hiredis: bool, sizes: list[int] | None) -> None:
+    """Every RESP3 type, in one stream and in chunks, after a RESP2 warm-up so hiredis is really asked first."""
+    parser = ReplyParser(use_hiredis=use_hiredis)
+    replies: list[object] = []
+    for piece in pieces(WARMUP + RESP3_STREAM, sizes):
+        parser.feed(piece)
+        while (reply := parser.next_reply()) is not NOT_ENOUGH_DATA:
+            replies.append(reply)
+    assert replies[: len(WARMUP_REPLIES)] == WARMUP_REPLIES
+    assert typed_resp3(replies[len(WARMUP_REPLIES) :]) == typed_resp3(RESP3_VALUES)
+
+
+def test_resp3_verbatim_decodes_to_text() -> None:
+    parser = ReplyParser(decode=True)
+    parser.feed(b"=15\r\ntxt:Some string\r\n")
+    reply = parser.next_reply()
+    assert reply == "Some string" and isinstance(reply, Verbatim)
+
+
+def typed_resp3(values: list[object]) -> list[object]:
+    """Like :func:`typed`, also telling a set and a push message from an array."""
+    out: list[object] = []
+    for value in values:
+        if isinstance(value, list):
+            out.append((type(value).__name__, [typed(item) for item in value]))
+        else:
+            out.append(typed(value))
+    return out
+
+
 @pytest.mark.parametrize(
     "data",
     [
         b"?\r\n",
-        b"_\r\n",  # RESP3 null
-        b"#t\r\n",  # RESP3 boolean
-        b",1.5\r\n",  # RESP3 double
-        b"%1\r\n+a\r\n+b\r\n",  # RESP3 map
-        b"~1\r\n+a\r\n",  # RESP3 set
-        b">1\r\n+a\r\n",  # RESP3 push
+        b"_x\r\n",  # RESP3 null with a payload
+        b"#x\r\n",  # RESP3 boolean neither t nor f
+        b",1.5x\r\n",  # RESP3 double that is not a number
+        b"(12a\r\n",  # RESP3 big number that is not a number
+        b"%-1\r\n",  # only the RESP2 array has a null form
+        b"~-1\r\n",
+        b"=-1\r\n",
+        b"$?\r\n;4\r\nabcd\r\n;0\r\n",  # RESP3 streamed string: Redis never sends one
         b":abc\r\n",
         b":+1\r\n",
         b":01\r\n",
