@@ -68,7 +68,11 @@ def test_redis_py_defaults_speak_resp3_without_a_warning(front_end: ServerProces
 def test_redis_py_protocol_3_pubsub(crossdock_server: ServerProcess) -> None:
     channel = f"rp3:{uuid.uuid4().hex}"
     client = redis.Redis(
-        host=crossdock_server.host, port=crossdock_server.port, protocol=3, decode_responses=True, socket_timeout=CLIENT_TIMEOUT
+        host=crossdock_server.host,
+        port=crossdock_server.port,
+        protocol=3,
+        decode_responses=True,
+        socket_timeout=CLIENT_TIMEOUT,
     )
     pubsub = client.pubsub()
     try:
