@@ -19,6 +19,7 @@ from server import __version__
 from server.commands.builtins import REDIS_COMPAT_VERSION
 from server.commands.slowlog import SLOWLOG_MAX_LEN
 from server.commandstats import LATENCY_PERCENTILES
+from server.protocol import CORE
 from server.state import ServerState
 from server.supervisor import info_fields
 
@@ -48,6 +49,7 @@ def _server(state: ServerState) -> dict[str, object]:
         "arch_bits": 64 if sys.maxsize > 2**32 else 32,
         "multiplexing_api": "uvloop" if config.mode == "async" else "threads",
         "python_version": platform.python_version(),
+        "crossdock_core": CORE,  # the request/reply parser core: "cython" (compiled) or "pure"
         "process_id": state.process_id,
         "run_id": state.run_id,
         "tcp_port": state.bound_port,
