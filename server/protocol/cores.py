@@ -11,8 +11,11 @@ parser): the compiled one when it was built, unless the environment variable
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
+import warnings
+from pathlib import Path
 from types import ModuleType
 from typing import Final, NamedTuple
 
@@ -30,22 +33,48 @@ class Core(NamedTuple):
     reply_parser: ModuleType
 
 
+#: The pure modules the compiled core is built from (setup.py's CORE_MODULES).
+SOURCES: Final = ("request_parser", "reply_parser")
+
+
 def _load(name: str) -> Core | None:
     prefix = "server.protocol._c_" if name == CYTHON else "server.protocol."
     try:
-        return Core(
-            name,
-            importlib.import_module(prefix + "request_parser"),
-            importlib.import_module(prefix + "reply_parser"),
-        )
+        modules = [importlib.import_module(prefix + module) for module in SOURCES]
     except ImportError:
         return None  # not built here (no C compiler, or CROSSDOCK_NO_EXTENSIONS at install)
+    if name == CYTHON and _stale(modules):
+        return None
+    return Core(name, *modules)
+
+
+def _stale(compiled: list[ModuleType]) -> bool:
+    """Whether the compiled core was built from other source text than the pure core beside it.
+
+    ``setup.py`` records the sha256 of each source it compiled (``_core_build.py``). An edited or
+    merged parser is then run pure, with a warning, until ``make install`` rebuilds it: a compiled
+    core must never run yesterday's grammar.
+    """
+    try:
+        from server.protocol._core_build import SOURCE_SHA256 as built_from
+    except ImportError:
+        built_from = {}  # built without a record: treat as stale
+    here = Path(__file__).parent
+    for source in SOURCES:
+        digest = hashlib.sha256((here / f"{source}.py").read_bytes()).hexdigest()
+        if built_from.get(source) != digest:
+            warnings.warn(
+                f"the compiled {source} was built from another {source}.py: running the pure core "
+                "(make install rebuilds it)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return True
+    return False
 
 
 #: Every core importable here, by name; ``pure`` always is.
-AVAILABLE: Final[dict[str, Core]] = {
-    core.name: core for core in (_load(CYTHON), _load(PURE)) if core is not None
-}
+AVAILABLE: Final[dict[str, Core]] = {core.name: core for core in (_load(CYTHON), _load(PURE)) if core is not None}
 
 
 def select(requested: str | None) -> Core:
