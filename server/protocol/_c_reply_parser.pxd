@@ -14,5 +14,9 @@ cdef class ReplyParser:
     @cython.locals(pos=Py_ssize_t)
     cpdef feed(self, data)
 
-    @cython.locals(buf=bytearray, n=Py_ssize_t, p=Py_ssize_t, scan=Py_ssize_t, nl=Py_ssize_t, stack=list)
+    @cython.locals(
+        buf=bytearray, n=Py_ssize_t, p=Py_ssize_t, scan=Py_ssize_t, nl=Py_ssize_t, stack=list,
+        q=Py_ssize_t, stop=Py_ssize_t, c=Py_ssize_t, digits=Py_ssize_t, number=Py_ssize_t, kind=Py_ssize_t,
+        start=Py_ssize_t, items=list, expected=Py_ssize_t,
+    )
     cdef object _parse_one(self)

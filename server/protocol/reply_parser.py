@@ -50,6 +50,13 @@ _MINUS: Final = 0x2D
 _COLON: Final = 0x3A
 _DOLLAR: Final = 0x24
 _STAR: Final = 0x2A
+_CR: Final = 0x0D
+_LF: Final = 0x0A
+_ZERO: Final = 0x30
+_NINE: Final = 0x39
+#: Most digits the header fast path reads: 18 digits always fit a C 64-bit integer, so the
+#: compiled core computes the value in C; longer texts (and every oddity) take string2ll().
+_DIGITS_MAX: Final = 18
 
 
 class ReplyParser:
@@ -121,15 +128,39 @@ class ReplyParser:
             while True:
                 if p >= n:
                     return NOT_ENOUGH_DATA
-                scan = self._scan
-                nl = buf.find(_CRLF, scan if scan > p else p)
-                if nl < 0:
-                    self._scan = max(p, n - 1)  # a "\r" at the end may meet its "\n" next
-                    return NOT_ENOUGH_DATA
                 kind = buf[p]
+                # Fast path for a "$", "*" or ":" line of plain digits ending in CRLF, all buffered
+                # (see _DIGITS_MAX); anything else finds its CRLF and takes string2ll() below.
+                number = -1
+                nl = -1
+                if kind in (_DOLLAR, _STAR, _COLON):
+                    q = p + 1
+                    stop = q + _DIGITS_MAX if q + _DIGITS_MAX < n - 1 else n - 1
+                    digits = 0
+                    while q < stop:
+                        c = buf[q]
+                        if c < _ZERO or c > _NINE:
+                            break
+                        digits = digits * 10 + (c - _ZERO)
+                        q += 1
+                    if (
+                        q < stop
+                        and buf[q] == _CR
+                        and buf[q + 1] == _LF
+                        and q > p + 1
+                        and (buf[p + 1] != _ZERO or q == p + 2)
+                    ):
+                        nl = q
+                        number = digits
+                if nl < 0:
+                    scan = self._scan
+                    nl = buf.find(_CRLF, scan if scan > p else p)
+                    if nl < 0:
+                        self._scan = max(p, n - 1)  # a "\r" at the end may meet its "\n" next
+                        return NOT_ENOUGH_DATA
                 value: object
                 if kind == _DOLLAR:
-                    length = string2ll(buf[p + 1 : nl])
+                    length = number if number >= 0 else string2ll(buf[p + 1 : nl])
                     if length is None or length < -1:
                         raise ProtocolError("Protocol error: invalid bulk length")
                     if length == -1:
@@ -141,7 +172,7 @@ class ReplyParser:
                         if end + 2 > n:
                             self._scan = nl  # the header line is found again at once
                             return NOT_ENOUGH_DATA
-                        if buf[end : end + 2] != _CRLF:
+                        if buf[end] != _CR or buf[end + 1] != _LF:
                             raise ProtocolError("Protocol error: bulk string not followed by CRLF")
                         data = bytes(buf[start:end])
                         value = data.decode("utf-8", "replace") if self._decode else data
@@ -152,7 +183,7 @@ class ReplyParser:
                     value = common[1] if common is not None else SimpleString(line.decode("utf-8", "replace"))
                     p = nl + 2
                 elif kind == _COLON:
-                    value = string2ll(buf[p + 1 : nl])
+                    value = number if number >= 0 else string2ll(buf[p + 1 : nl])
                     if value is None:
                         raise ProtocolError("Protocol error: invalid integer reply")
                     p = nl + 2
@@ -160,7 +191,7 @@ class ReplyParser:
                     value = ErrorReply(buf[p + 1 : nl].decode("utf-8", "replace"))
                     p = nl + 2
                 elif kind == _STAR:
-                    count = string2ll(buf[p + 1 : nl])
+                    count = number if number >= 0 else string2ll(buf[p + 1 : nl])
                     if count is None or count < -1:
                         raise ProtocolError("Protocol error: invalid multibulk length")
                     p = nl + 2
