@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from server.commands.keyspace import Keyspace, LockedKeyspace
 from server.commands.slowlog import SlowLog
 from server.commandstats import CommandStatsTable
+from server.memory import MemoryAccount, resolve_maxmemory, rss_bytes
 
 if TYPE_CHECKING:
     from server.config import Config
@@ -93,6 +94,11 @@ class ServerState:
     def __init__(self, config: Config, *, thread_safe: bool) -> None:
         self.config = config
         self.keyspace = LockedKeyspace() if thread_safe else Keyspace()
+        self.keyspace.set_eviction(config.maxmemory_policy, config.maxmemory_samples)
+        #: used_memory against maxmemory: the keyspace's bytes plus client output buffers (server.memory).
+        self.memory = MemoryAccount(self.keyspace, resolve_maxmemory(config.maxmemory), config.maxmemory_policy)
+        #: RSS when the server state was made: the interpreter's fixed cost (INFO ``used_memory_startup``).
+        self.startup_rss = rss_bytes()
         self.stats = Stats()
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()

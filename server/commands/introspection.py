@@ -61,9 +61,12 @@ def command_docs(command: Command) -> list[object]:
                 [
                     f"{command.name}|{sub}",
                     [
-                        "summary", f"{command.name.upper()} {sub.upper()}",
-                        "since", command.since,
-                        "group", command.group,
+                        "summary",
+                        f"{command.name.upper()} {sub.upper()}",
+                        "since",
+                        command.since,
+                        "group",
+                        command.group,
                     ],
                 ]
             )

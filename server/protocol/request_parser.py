@@ -173,6 +173,7 @@ def _simple_multibulk_prefix(data: bytes, cap_count: int, cap_bulk: int) -> tupl
         pos = p
     return out, pos
 
+
 #: How a run of :func:`_take_proven` ended.
 _LIMIT_REACHED: Final = "limit"  # ``limit`` requests taken; the reader may go on
 _REGION_DONE: Final = "clean"  # the region is used up exactly: the reader is empty and may be reused
@@ -389,12 +390,7 @@ class RequestParser:
         ``feed`` + ``parse_all``, including the error contract: a protocol
         error after good requests is raised by the next call.
         """
-        if (
-            self.error is None
-            and self._args is None
-            and self._pos == len(self._buf)
-            and data[:1] == b"*"
-        ):
+        if self.error is None and self._args is None and self._pos == len(self._buf) and data[:1] == b"*":
             if self._use_hiredis and len(data) >= HIREDIS_FAST_MIN_CHUNK:
                 out, used = self._hiredis_prefix(data)
             else:
