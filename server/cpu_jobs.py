@@ -24,9 +24,12 @@ asyncio and the threaded front end and for any executor that offers the
   one again is safe, and failing innocent requests because a neighbour was
   slow would be worse.
 - **A worker killed from outside** (SIGKILL, the OOM killer) breaks the
-  executor: it is replaced once, the jobs that had started on it (one of
-  them may be what killed it) are answered with an error, and the jobs that
-  were still waiting are resubmitted. No other request notices.
+  executor: it is replaced once, the job that was running on the dead worker
+  (it may be what killed it) is answered with an error, and every other job
+  (waiting, or running on a worker the executor stopped in its fall) is
+  resubmitted: one lost request per killed worker. When the dead worker
+  cannot be told apart (:meth:`JobPool.died_workers` is None), every job
+  that had started is answered with the error.
 - **A client that goes away** (:meth:`abandon`): its job runs to its end
   (or its timeout) and the reply is dropped quietly; the job leaves the
   books when its executor is done with it, so INFO's ``cpu_jobs_in_flight``
@@ -273,11 +276,22 @@ class CpuJobs:
         # The executor under this job is gone: it was stopped (a timeout), broken, or shut down.
         if job.settled or job.abandoned:
             self._finish(job, b"", release=True)
-        elif job.executor in self._stopped or self.pool.job_started(job.executor, job.id, job.slot) is None:
+        elif self._innocent(job):
             self._resubmit(job)
         else:
             self.worker_failures += 1
             self._finish(job, encode_error(WORKER_DIED), release=True)
+
+    def _innocent(self, job: Job) -> bool:
+        """Whether ``job``'s executor fell for another job's fault: stopped on purpose (a timeout), or the job
+        had not started, or it ran on a worker the executor stopped after another worker died."""
+        if job.executor in self._stopped:
+            return True
+        start = self.pool.job_started(job.executor, job.id, job.slot)
+        if start is None:
+            return True
+        died = self.pool.died_workers(job.executor)
+        return died is not None and start.pid not in died
 
     def _resubmit(self, job: Job) -> None:
         if job.resubmits >= MAX_RESUBMITS:

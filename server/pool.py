@@ -38,6 +38,7 @@ import select
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -229,7 +230,10 @@ class JobPool(Protocol):
     submission so that it marks its start; ``job_started`` reads that mark;
     ``stop_job`` stops the worker running a job (whatever else that costs the
     executor, its other jobs fail with an executor error and are resubmitted);
-    ``replace_broken`` swaps in a fresh executor once per broken one.
+    ``replace_broken`` swaps in a fresh executor once per broken one;
+    ``died_workers`` names the workers whose own death broke an executor
+    (None when that cannot be told), so only the job running on one of them
+    is failed and the others, stopped by the executor's fall, are rerun.
     """
 
     workers: int
@@ -247,6 +251,8 @@ class JobPool(Protocol):
     def stop_job(self, executor: Any, start: JobStart) -> None: ...
 
     def replace_broken(self, broken: Any) -> bool: ...
+
+    def died_workers(self, broken: Any) -> frozenset[int] | None: ...
 
 
 class CpuBackend(JobPool, Protocol):
@@ -310,6 +316,8 @@ class CpuPool:
         self._generation = 0
         self._lock = threading.Lock()
         self._closed = False
+        #: Broken executor -> pids of the workers that died on their own (see :meth:`died_workers`).
+        self._culprits: weakref.WeakKeyDictionary[Any, frozenset[int]] = weakref.WeakKeyDictionary()
         self.executor: concurrent.futures.ProcessPoolExecutor = self._new_executor()
 
     def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
@@ -385,7 +393,31 @@ class CpuPool:
         with BrokenProcessPool; the cpu-job policy answers or resubmits them.
         New requests go to the replacement.
         """
+        self._note_culprits(broken)
         return self._replace(broken, reason="worker_died", shutdown_old=True)
+
+    def died_workers(self, broken: concurrent.futures.ProcessPoolExecutor) -> frozenset[int] | None:
+        """The pids of ``broken``'s workers that died on their own; None if none can be told apart.
+
+        A ProcessPoolExecutor that sees one worker die fails every future it
+        holds and SIGTERMs its other workers: the request that was running on
+        a survivor did nothing wrong. A worker that died on its own shows an
+        exit status other than SIGTERM's (SIGKILL from the OOM killer or a
+        person, a segfault, an ``os._exit``), read once when the break is first
+        noticed; when every worker shows SIGTERM (someone SIGTERMed a worker)
+        the culprit cannot be told and None says "any of them".
+        """
+        self._note_culprits(broken)
+        return self._culprits.get(broken) or None
+
+    def _note_culprits(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
+        with self._lock:
+            if broken in self._culprits:
+                return
+            processes = dict(getattr(broken, "_processes", None) or {})  # None once shut down
+            self._culprits[broken] = frozenset(
+                pid for pid, process in processes.items() if process.exitcode not in (None, -signal.SIGTERM)
+            )
 
     def _replace(self, old: concurrent.futures.ProcessPoolExecutor, *, reason: str, shutdown_old: bool) -> bool:
         with self._lock:
