@@ -13,6 +13,15 @@ asyncio and the threaded front end and for any executor that offers the
   is answered ``-BUSY cpu queue is full (N requests waiting), try again
   later`` and counted (INFO ``cpu_rejected_busy``). One log line when
   shedding starts and one when it stops, never one per request.
+- **Fair sharing of the backlog** (issue 15, item 6). Admitted jobs wait in
+  one queue per client and are handed to the executor round-robin across
+  clients, at most :data:`EXECUTOR_DEPTH_PER_WORKER` per worker at a time,
+  so a client's long pipeline does not run ahead of everyone else's single
+  request. When the backlog is full, a request from a client with fewer
+  waiting jobs than the client with the most is still admitted, and that
+  client's newest waiting job is answered ``-BUSY`` in its place: only a
+  client over its fair share of the backlog is ever shed, and the bound on
+  the total stays exact.
 - **Timeout on running time.** A watcher thread wakes a few times per
   timeout period and reads each job's start mark (written by the worker);
   a job that has *run* longer than ``cpu_timeout`` (time spent waiting in
@@ -52,6 +61,7 @@ import itertools
 import threading
 import time
 import weakref
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -65,6 +75,11 @@ if TYPE_CHECKING:
     from server.state import ServerState
 
 log = structlog.get_logger("crossdock.cpu")
+
+#: Jobs handed to the executor at once, per worker: one running and one ready to start the moment it ends, so
+#: a worker never idles for a round trip to the front end. The rest wait in the per-client queues here, where
+#: round-robin order decides who goes next; a deeper executor queue would be first-come-first-served again.
+EXECUTOR_DEPTH_PER_WORKER = 2
 
 #: How many times one request may be resubmitted because the executor under it was replaced for
 #: someone else's fault (a neighbour's timeout, a crash while it waited). Each resubmission is a
@@ -131,6 +146,7 @@ class Job:
         "settled",
         "slot",
         "start",
+        "submitted",
         "timed_out",
     )
 
@@ -147,6 +163,8 @@ class Job:
         self.start: JobStart | None = None
         self.deadline: float | None = None
         self.resubmits = 0
+        #: Handed to the executor (until then it waits in its client's queue in :class:`CpuJobs`).
+        self.submitted = False
         #: The reply has been given (result, error or timeout); later outcomes are dropped.
         self.settled = False
         #: The client went away: no reply is wanted.
@@ -181,6 +199,13 @@ class CpuJobs:
         self._jobs: dict[int, Job] = {}
         self._ids = itertools.count(1)
         self._free_slots = list(range(pool.job_slots))
+        #: Admitted jobs not yet handed to the executor, per client, clients in round-robin order.
+        self._waiting: OrderedDict[int, deque[Job]] = OrderedDict()
+        #: Jobs handed to the executor and not yet done with by it; at most ``_depth``.
+        self._in_executor = 0
+        self._depth = EXECUTOR_DEPTH_PER_WORKER * pool.workers
+        #: Per thread: jobs released while that thread is already submitting (see :meth:`_submit_ready`).
+        self._local = threading.local()
         #: Executors this object stopped on purpose (a timeout): their other jobs are resubmitted.
         self._stopped: weakref.WeakSet[Any] = weakref.WeakSet()
         #: rejected_busy when the current shedding episode began (None: not shedding).
@@ -205,26 +230,66 @@ class CpuJobs:
         callback thread (under the threaded front end).
         """
         job: Job | None = None
+        preempted: Job | None = None
         with self._lock:
             waiting = len(self._jobs) - self.pool.workers
             shed_before = self._rejected_before_shedding
             if waiting >= self.queue_limit or not self._free_slots:
+                preempted = self._preempt_for(client_id)
                 self.rejected_busy += 1
                 if shed_before is None:
                     self._rejected_before_shedding = self.rejected_busy - 1
-            else:
+            if preempted is not None or (waiting < self.queue_limit and self._free_slots):
                 job = Job(next(self._ids), self._free_slots.pop(), action, on_reply, client_id)
                 self._jobs[job.id] = job
-                self._rejected_before_shedding = None
-        if job is None:
-            if shed_before is None:  # one line per shedding episode, not per shed request
-                log.warning("cpu_shedding_started", waiting=waiting, limit=self.queue_limit)
+                queue = self._waiting.get(client_id)
+                if queue is None:
+                    self._waiting[client_id] = queue = deque()
+                queue.append(job)
+                if preempted is None:
+                    self._rejected_before_shedding = None
+            ready = self._take_ready()
+        if (preempted is not None or job is None) and shed_before is None:  # one line per episode
+            log.warning("cpu_shedding_started", waiting=waiting, limit=self.queue_limit)
+        if preempted is not None:
+            self._finish(preempted, encode_error(busy_error(max(waiting, 0))), release=False)
+        elif job is None:
             on_reply(encode_error(busy_error(max(waiting, 0))))
-            return None
-        if shed_before is not None:
+        elif shed_before is not None:
             log.info("cpu_shedding_stopped", rejected=self.rejected_busy - shed_before)
-        self._submit(job)
+        self._submit_ready(ready)
         return job
+
+    def _preempt_for(self, client_id: int) -> Job | None:
+        """The backlog is full: take back the newest waiting job of the client with the most waiting, if that is
+        more than ``client_id`` would have with one more; None if ``client_id`` is itself over its share.
+        Called with the lock held; the caller answers the job ``-BUSY``."""
+        mine = len(self._waiting.get(client_id, ()))
+        greedy = max(self._waiting, key=lambda cid: len(self._waiting[cid]), default=None)
+        if greedy is None or greedy == client_id or len(self._waiting[greedy]) <= mine + 1:
+            return None
+        queue = self._waiting[greedy]
+        job = queue.pop()
+        if not queue:
+            del self._waiting[greedy]
+        del self._jobs[job.id]
+        self._free_slots.append(job.slot)
+        return job
+
+    def _take_ready(self) -> list[Job]:
+        """Jobs to hand to the executor now, round-robin across clients, while it holds fewer than ``_depth``.
+        Called with the lock held; the caller submits them after releasing it."""
+        ready: list[Job] = []
+        waiting = self._waiting
+        while self._in_executor < self._depth and waiting:
+            client_id, queue = waiting.popitem(last=False)
+            job = queue.popleft()
+            if queue:
+                waiting[client_id] = queue  # to the back of the round
+            job.submitted = True
+            self._in_executor += 1
+            ready.append(job)
+        return ready
 
     def abandon(self, job: Job) -> None:
         """The client that asked for ``job`` has gone: its reply is dropped, and it is not resubmitted.
@@ -235,8 +300,19 @@ class CpuJobs:
         exact (a job slot is free only when no worker can still write to it,
         and the backlog bound counts the work the executor really holds);
         the backlog bound and the timeout bound what a departed client costs.
+        A job still waiting in its client's queue never reaches the executor:
+        it leaves the books at once.
         """
-        job.abandoned = True
+        with self._lock:
+            job.abandoned = True
+            queue = self._waiting.get(job.client_id)
+            if job.submitted or queue is None or job not in queue:
+                return
+            queue.remove(job)
+            if not queue:
+                del self._waiting[job.client_id]
+            if self._jobs.pop(job.id, None) is not None:
+                self._free_slots.append(job.slot)
 
     # -- submission and outcomes -------------------------------------------------------------------
     def _submit(self, job: Job) -> None:
@@ -303,13 +379,35 @@ class CpuJobs:
 
     def _finish(self, job: Job, reply: bytes, *, release: bool) -> None:
         """Give ``job`` its reply (once, unless abandoned); with ``release`` also take it off the books."""
+        ready: list[Job] = []
         with self._lock:
             deliver = not job.settled and not job.abandoned
             job.settled = True
             if release and self._jobs.pop(job.id, None) is not None:
                 self._free_slots.append(job.slot)
+                if job.submitted:
+                    self._in_executor -= 1
+                    ready = self._take_ready()
         if deliver:
             job.on_reply(reply)
+        self._submit_ready(ready)
+
+    def _submit_ready(self, ready: list[Job]) -> None:
+        """Submit jobs :meth:`_take_ready` released. A submission that fails at once finishes its job, which
+        releases the next: those are queued to this thread's loop here instead of recursing, so a failing pool
+        answers a long backlog without deepening the stack."""
+        if not ready:
+            return
+        pending: deque[Job] | None = getattr(self._local, "pending", None)
+        if pending is not None:  # already submitting on this thread: the loop below takes them
+            pending.extend(ready)
+            return
+        self._local.pending = pending = deque(ready)
+        try:
+            while pending:
+                self._submit(pending.popleft())
+        finally:
+            self._local.pending = None
 
     # -- timeouts ----------------------------------------------------------------------------------
     def _watch(self) -> None:

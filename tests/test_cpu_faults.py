@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from server.cpu_jobs import busy_error, timeout_error
+from server.cpu_jobs import EXECUTOR_DEPTH_PER_WORKER, busy_error, timeout_error
 from server.pool import CANNOT_SEND, WORKER_DIED
 from server.protocol import ErrorReply, SimpleString, encode_command
 from tests.support import RespSocket, ServerProcess
@@ -124,7 +124,8 @@ def test_killed_worker_with_many_jobs_in_flight_replaces_the_pool_once(
             assert [conn.read_reply() for conn in conns[2:]] == [100] * 4
             stats = info(other)
             assert stats["pool_restarts"] == "1" and stats["cpu_worker_failures"] == "1"
-            assert int(stats["cpu_jobs_resubmitted"]) == 5
+            # Rerun: the survivor's, and the waiting ones the executor already held (the rest waited here).
+            assert int(stats["cpu_jobs_resubmitted"]) == 1 + (EXECUTOR_DEPTH_PER_WORKER * 2 - 2)
     finally:
         for conn in conns:
             conn.close()
@@ -399,3 +400,52 @@ def test_workers_end_when_the_server_is_killed(mode: str) -> None:
             wait_for(lambda pid=pid: pid_gone(pid), f"worker {pid} exits after its server was killed")
     finally:
         server.stop()
+
+
+#: Issue 15, item 6: one client pipelines GREEDY_PIPELINE cpu requests and never reads; FAIR_CLIENTS others each
+#: ask FAIR_REQUESTS times, one at a time.
+GREEDY_PIPELINE = 200
+FAIR_CLIENTS = 10
+FAIR_REQUESTS = 3
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_one_pipelining_client_cannot_take_the_whole_cpu_backlog(
+    mode: str, start: Callable[..., ServerProcess]
+) -> None:
+    """The greedy client fills the backlog (128 with 2 workers); every other client's PRIMES is still admitted
+    and answered (never -BUSY): the greedy client's newest waiting jobs are shed in their place, and the
+    round-robin hand-out runs them between the greedy client's jobs."""
+    process = start(mode, "--workers", "2")
+    greedy = process.connect()
+    try:
+        greedy.send_raw(b"".join(encode_command("BURN", 300) for _ in range(GREEDY_PIPELINE)))
+        with process.connect() as other:
+            if mode == "async":  # the threaded front end reads one request per connection at a time
+                wait_for(lambda: int(info(other)["cpu_rejected_busy"]) > 0, "the backlog full")
+            busy_before = int(info(other)["cpu_rejected_busy"])
+            replies: list[object] = []
+            failures: list[BaseException] = []
+
+            def fair_client() -> None:
+                try:
+                    with process.connect() as conn:
+                        replies.extend(conn.call("PRIMES", 1000) for _ in range(FAIR_REQUESTS))
+                except BaseException as exc:
+                    failures.append(exc)
+
+            threads = [threading.Thread(target=fair_client, daemon=True) for _ in range(FAIR_CLIENTS)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(WAIT_BOUND)
+                assert not thread.is_alive(), "a fair client got no reply"
+            assert not failures, failures[:3]
+            assert replies == [PRIMES_1000] * (FAIR_CLIENTS * FAIR_REQUESTS)
+            if mode == "async":  # each admitted fair request took the place of one of the greedy client's
+                assert int(info(other)["cpu_rejected_busy"]) >= busy_before + FAIR_CLIENTS
+    finally:
+        greedy.close()
+    if mode == "async":
+        with process.connect() as other:  # the greedy client's waiting jobs left with it
+            wait_for(lambda: info(other)["cpu_jobs_in_flight"] == "0", "books back to 0")
