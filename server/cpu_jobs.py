@@ -106,7 +106,8 @@ def timeout_error(command: str, seconds: float) -> str:
     return f"ERR cpu command '{command}' timed out after {seconds:g}s (cpu-timeout); its worker was replaced"
 
 
-#: Reply when a job cannot be submitted at all (the pool is shut down, or keeps breaking).
+#: Reply when a job cannot be submitted at all (the pool is shut down, keeps breaking, or cannot be replaced
+#: for lack of descriptors or memory).
 POOL_UNAVAILABLE = "ERR cpu pool unavailable, try again later"
 
 
@@ -332,6 +333,12 @@ class CpuJobs:
                 continue
             except RuntimeError:  # shut down: the server is stopping
                 break
+            except OSError:
+                # The executor could not start a worker (descriptors or memory ran out). The request it had
+                # already queued would be run with nobody waiting for it: retire that executor (cancelling
+                # what it queued; what it runs finishes) and try a fresh one; past the tries, answer now.
+                pool.replace_broken(executor)
+                continue
             job.future = future
             future.add_done_callback(functools.partial(self._on_done, job))
             return

@@ -24,7 +24,11 @@ was running on a crashed pool from one that was still waiting.
 Error handling: a dead worker breaks the whole ProcessPoolExecutor; the pool
 swaps in a fresh executor once per broken one (under a lock, whoever notices
 first), starts and pre-warms its workers in a background thread so the event
-loop never waits for process start-up, and logs ``pool_replaced`` once.
+loop never waits for process start-up, and logs ``pool_replaced`` once. When
+the replacement cannot be built because descriptors (or memory) ran out, the
+broken executor stays current and ``pool_replace_failed`` is logged once;
+each later cpu request tries the replacement again (and gets an error reply
+at once while it fails), so the pool comes back as soon as descriptors do.
 """
 
 from __future__ import annotations
@@ -316,6 +320,8 @@ class CpuPool:
         self._generation = 0
         self._lock = threading.Lock()
         self._closed = False
+        #: True from a replacement that failed (descriptors or memory ran out) until one succeeds.
+        self.replace_failing = False
         #: Broken executor -> pids of the workers that died on their own (see :meth:`died_workers`).
         self._culprits: weakref.WeakKeyDictionary[Any, frozenset[int]] = weakref.WeakKeyDictionary()
         self.executor: concurrent.futures.ProcessPoolExecutor = self._new_executor()
@@ -424,8 +430,19 @@ class CpuPool:
             if old is not self.executor or self._closed:
                 return False
             self._generation += 1
-            self.executor = new = self._new_executor()  # no process starts here: that is the pre-warm's job
+            try:
+                new = self._new_executor()  # its queues need pipes; no process starts here (the pre-warm's job)
+            except OSError as exc:  # EMFILE/ENFILE/ENOMEM: keep the old one; the next request tries again
+                self._generation -= 1
+                failing_before, self.replace_failing = self.replace_failing, True
+                if not failing_before:  # one line per episode
+                    log.warning("pool_replace_failed", reason=reason, error=f"{type(exc).__name__}: {exc}")
+                return False
+            self.executor = new
             self.restarts += 1
+            recovered, self.replace_failing = self.replace_failing, False
+        if recovered:
+            log.info("pool_replace_recovered", restarts=self.restarts)
         log.warning("pool_replaced", reason=reason, restarts=self.restarts, workers=self.workers)
         if shutdown_old:
             old.shutdown(wait=False, cancel_futures=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import select
 import signal
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from server.cpu_jobs import EXECUTOR_DEPTH_PER_WORKER, busy_error, timeout_error
+from server.cpu_jobs import EXECUTOR_DEPTH_PER_WORKER, POOL_UNAVAILABLE, busy_error, timeout_error
 from server.pool import CANNOT_SEND, WORKER_DIED
 from server.protocol import ErrorReply, SimpleString, encode_command
 from tests.support import RespSocket, ServerProcess
@@ -384,6 +385,77 @@ def test_replacing_a_broken_executor_from_many_threads_at_once_replaces_it_once(
         assert pool.executor.submit(pow, 2, 10).result(timeout=WAIT_BOUND) == 1024  # the replacement works
     finally:
         pool.shutdown()
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_pool_that_cannot_be_replaced_for_lack_of_descriptors_answers_at_once_then_recovers(
+    mode: str, start: Callable[..., ServerProcess]
+) -> None:
+    """Issue 15, item 8: the worker dies while the server can open no descriptor (RLIMIT_NOFILE lowered to 3
+    with prlimit), so the pool's replacement cannot make its pipes: every cpu request gets an error reply at
+    once (none is left waiting), inline commands go on, and once descriptors return the next cpu request
+    replaces the pool and is answered."""
+    process = start(mode, "--workers", "1")
+    pid = process.proc.pid
+    with process.connect() as conn:
+        (worker,) = map(int, info(conn)["pool_worker_pids"].split(","))
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (3, hard))
+        try:
+            os.kill(worker, signal.SIGKILL)
+            wait_for(lambda: pid_gone(worker), f"worker {worker} gone")
+            for _ in range(3):  # a reply each time, within the socket timeout: nothing hangs
+                assert conn.call("PRIMES", 1000) == ErrorReply(POOL_UNAVAILABLE)
+            assert conn.call("PING") == SimpleString("PONG")
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        assert conn.call("PRIMES", 1000) == PRIMES_1000
+        stats = info(conn)
+        assert stats["pool_restarts"] == "1" and stats["cpu_jobs_in_flight"] == "0"
+    assert len(process.events("pool_replace_failed")) == 1  # one line for the episode, not one per request
+    assert len(process.events("pool_replace_recovered")) == 1
+
+
+def test_a_submission_that_cannot_start_a_worker_is_answered_at_once_and_retires_the_executor() -> None:
+    """ProcessPoolExecutor starts workers inside submit(); EMFILE there used to leave the request unanswered.
+    Now the executor is retired (replace_broken) and, while no working one can be had, the request gets
+    POOL_UNAVAILABLE at once and leaves the books."""
+    from server.commands.actions import RunCpu
+    from server.cpu_jobs import CpuJobs, call_directly, threaded_submit
+    from server.protocol import encode_error
+
+    class NoDescriptors:
+        def submit(self, *_: object) -> None:
+            raise OSError(24, "Too many open files")
+
+    class Pool:
+        workers = 1
+        job_slots = 4
+        executor = NoDescriptors()
+        retired: list[object] = []
+
+        def job_call(self, job_id: int, slot: int, func: object, args: object) -> tuple[object, object]:
+            return func, args
+
+        def job_started(self, *_: object) -> None:
+            return None
+
+        def stop_job(self, *_: object) -> None: ...
+
+        def replace_broken(self, broken: object) -> bool:
+            self.retired.append(broken)
+            return False
+
+        def died_workers(self, *_: object) -> None:
+            return None
+
+    pool = Pool()
+    jobs = CpuJobs(pool, queue_limit=2, timeout=0, submit=threaded_submit, call_soon=call_directly)
+    replies: list[bytes] = []
+    jobs.start(RunCpu("primes", pow, (2, 3)), replies.append, 1)
+    assert replies == [encode_error(POOL_UNAVAILABLE)]
+    assert pool.retired and all(executor is pool.executor for executor in pool.retired)
+    assert jobs.in_flight == 0
 
 
 @pytest.mark.parametrize("mode", FRONT_ENDS)
