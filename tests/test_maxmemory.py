@@ -284,3 +284,46 @@ def test_crossdock_defaults_to_a_bound_derived_from_available_memory(
     fields = info(serve(kind))
     assert int(fields["maxmemory"]) == int(int(fields["total_system_memory"]) * DEFAULT_MAXMEMORY_FRACTION)
     assert fields["maxmemory_policy"] == "noeviction"
+
+
+# -- memory returned to the operating system (issue 15, item 7: glibc keeps freed heap unless trimmed) ----------
+def _rss_mib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) // 1024
+
+
+@pytest.mark.parametrize("mode", ["async", "threaded"])
+def test_flushdb_returns_the_keyspace_memory_to_the_operating_system(mode: str) -> None:
+    """100 MiB of 64 KiB values (below glibc's mmap threshold, so they live in the heap): after FLUSHDB the
+    server's RSS comes back to within a tenth of that above where it started. Without the trim, the measured
+    RSS stayed 17 % (async) and 100 % (threaded) above it."""
+    process = ServerProcess(mode, "inline", ["--maxmemory", "0"])
+    try:
+        with process.connect() as conn:
+            base = _rss_mib(process.proc.pid)
+            value = b"x" * 65536
+            for index in range(1600):
+                conn.send("SET", f"k:{index}", value)
+            for _ in range(1600):
+                assert conn.read_reply() == SimpleString("OK")
+            full = _rss_mib(process.proc.pid)
+            assert full - base >= 90
+            assert conn.call("FLUSHDB") == SimpleString("OK")
+            after = _rss_mib(process.proc.pid)
+            assert after - base <= (full - base) / 10, (base, full, after)
+            assert int(info(conn)["heap_trims"]) >= 1
+    finally:
+        process.stop()
+
+
+def test_freed_memory_is_trimmed_once_enough_has_been_freed(monkeypatch: pytest.MonkeyPatch) -> None:
+    trims: list[int] = []
+    monkeypatch.setattr(memory_module, "trim_heap", lambda: trims.append(1) or True)
+    account = MemoryAccount(Keyspace(), 0)
+    account.released(memory_module.TRIM_AFTER_FREED_BYTES // 2)
+    assert not trims
+    account.released(memory_module.TRIM_AFTER_FREED_BYTES // 2)  # e.g. the core: a cut client's buffer
+    assert trims == [1] and account.trims == 1
+    account.released(1)
+    assert trims == [1]
