@@ -327,3 +327,27 @@ def test_freed_memory_is_trimmed_once_enough_has_been_freed(monkeypatch: pytest.
     assert trims == [1] and account.trims == 1
     account.released(1)
     assert trims == [1]
+
+
+@pytest.mark.parametrize("mode", ["async", "threaded"])
+def test_prometheus_reports_the_same_memory_figures_as_info(mode: str) -> None:
+    from tests.test_observability import _scrape
+
+    process = ServerProcess(
+        mode, "inline", ["--metrics-port", "0", "--maxmemory", "2mb", "--maxmemory-policy", "allkeys-random"]
+    )
+    try:
+        with process.connect() as conn:
+            for index in range(4000):
+                conn.send("SET", f"k:{index}", VALUE)
+            for _ in range(4000):
+                assert conn.read_reply() == SimpleString("OK")
+            fields = info(conn)
+            samples = _scrape(process)
+        assert samples[("crossdock_maxmemory_bytes", ())] == 2 * 1024**2
+        assert samples[("crossdock_evicted_keys_total", ())] == int(fields["evicted_keys"]) > 0
+        assert samples[("crossdock_used_memory_bytes", ())] == int(fields["used_memory"]) <= 2 * 1024**2
+        assert samples[("crossdock_used_memory_rss_bytes", ())] > 0
+        assert samples[("crossdock_mem_fragmentation_ratio", ())] > 0
+    finally:
+        process.stop()
