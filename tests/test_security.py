@@ -517,8 +517,25 @@ def _attack_lines(process: ServerProcess) -> list[dict[str, object]]:
 
 
 def _wait_for_event(process: ServerProcess, name: str, count: int, timeout: float = 20.0) -> None:
+    """Wait until the server has logged ``name`` ``count`` times; fail the test if it has not within ``timeout``."""
     deadline = time.monotonic() + timeout
-    while len(process.events(name)) < count and time.monotonic() < deadline:
+    while len(process.events(name)) < count:
+        if time.monotonic() > deadline or process.proc.poll() is not None:
+            raise AssertionError(f"{name!r} not logged {count} times within {timeout} s: {process.raw_lines[-10:]}")
+        time.sleep(0.05)
+
+
+def _wait_for_command(conn: RespSocket, commands: tuple[str, ...], timeout: float = 20.0) -> None:
+    """Wait until CLIENT LIST (asked on ``conn``) shows a client whose last command is one of ``commands``; fail the
+    test if none does within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listing = conn.call("CLIENT", "LIST")
+        assert isinstance(listing, bytes)
+        if any(f" cmd={command} " in listing.decode() for command in commands):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no client ran {commands} within {timeout} s: {listing!r}")
         time.sleep(0.05)
 
 
@@ -668,10 +685,9 @@ def test_graceful_shutdown_answers_in_flight_requests_over_tls(front: str, pki: 
     try:
         with TlsRespSocket("127.0.0.1", process.port, pki.client_context()) as conn:
             assert conn.call("PING") == "PONG"
-            conn.send("SLEEP", 1000)
-            conn.send("ECHO", "after")
-            _wait_for_event(process, "connection_open", 1)
-            time.sleep(0.2)  # let the server read both requests before the signal (ordering, not a timing assert)
+            conn.send_raw(encode_command("SLEEP", 1000) + encode_command("ECHO", "after"))  # one write, one record
+            with TlsRespSocket("127.0.0.1", process.port, pki.client_context()) as watcher:
+                _wait_for_command(watcher, ("sleep", "echo"))  # the server has read the SLEEP (and the ECHO beside it)
             process.signal()
             assert conn.read_reply() == "OK"
             assert conn.read_reply() == b"after"
