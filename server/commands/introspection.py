@@ -3,11 +3,13 @@
 redis-cli (7.x) asks ``COMMAND DOCS`` when its interactive mode starts and
 asserts on the shape of the reply: a flat list of ``name, [key, value, ...]``
 where summary/since/group are strings and subcommands is again a flat
-``name, docs`` list. Argument docs are optional and left out.
+``name, docs`` list. ``arguments`` (server.commands.argdocs) is what its
+hints are built from.
 """
 
 from __future__ import annotations
 
+from server.commands.argdocs import arguments_for, encode_arguments
 from server.commands.registry import Command, Kind
 
 _WRITE_COMMANDS = frozenset({"set", "mset", "del", "incr", "decr", "incrby", "decrby", "expire", "pexpire", "flushdb"})
@@ -54,6 +56,9 @@ def command_docs(command: Command) -> list[object]:
         "group", command.group,
         "complexity", "O(1)" if command.kind is Kind.INLINE else "depends on the argument (cpu command)",
     ]  # fmt: skip
+    arguments = arguments_for(command)
+    if arguments:
+        docs.extend(["arguments", encode_arguments(arguments)])
     if command.subcommands:
         subs: list[object] = []
         for sub in command.subcommands:
