@@ -13,7 +13,6 @@ import contextlib
 import ipaddress
 import json
 import os
-import re
 import shutil
 import socket
 import ssl
@@ -732,19 +731,6 @@ def test_healthcheck_follows_password_and_tls(password_server: ServerProcess, tl
         unused.bind(("127.0.0.1", 0))  # bound, never listening: nothing answers there
         refused = _healthcheck(unused.getsockname()[1])
     assert refused.returncode == 1 and "unhealthy" in refused.stderr
-
-
-def test_readme_security_example_runs_as_written(password_server: ServerProcess) -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = re.search(r"^## Security\n(.*?)(?=^## |\Z)", readme, re.MULTILINE | re.DOTALL)
-    assert section, "the README lost its Security section"
-    blocks = re.findall(r"^```python\n(.*?)^```", section.group(1), re.MULTILINE | re.DOTALL)
-    assert blocks
-    code = blocks[0].replace("7379", str(password_server.port)).replace("change-me", PASSWORD)
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=CLIENT_TIMEOUT
-    )
-    assert (done.returncode, done.stdout.strip()) == (0, "PONG"), done.stderr
 
 
 def test_dockerfile_turns_protected_mode_off_and_checks_health_with_the_module() -> None:
