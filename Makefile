@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
+	@echo "crossdock and its clients are in $(BIN): in another terminal, '. $(BIN)/activate' puts them on PATH"
 	$(BIN)/crossdock serve $(ARGS)
 
 test: install

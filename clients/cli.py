@@ -64,7 +64,7 @@ HISTORY_LENGTH: Final = 1000
 AUTH_ENV: Final = "CROSSDOCK_CLI_AUTH"
 
 #: Command names to complete when the server cannot list its own (COMMAND
-#: failed): crossdock's built-ins as documented in DESIGN.md.
+#: failed): crossdock's built-ins as the README's Commands section lists them.
 FALLBACK_COMMANDS: Final = (
     "CLIENT", "COMMAND", "CONFIG", "DBSIZE", "DEL", "ECHO", "EXISTS", "EXPIRE", "FACTOR", "FLUSHDB",
     "GET", "HELLO", "INCR", "INFO", "PBKDF2", "PING", "PRIMES", "QUIT", "SET", "SLEEP", "TIME", "TTL",

@@ -26,7 +26,7 @@ STARTUP_TIMEOUT = 30.0
 #: Seconds any single socket read in a test may block before the test fails instead of hanging.
 SOCKET_TIMEOUT = 20.0
 
-#: The four modes of DESIGN.md: (front end, where cpu commands run).
+#: The four modes of the README's Modes table: (front end, where cpu commands run).
 MODES: list[tuple[str, str]] = [
     ("async", "pool"),
     ("async", "inline"),
