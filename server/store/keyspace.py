@@ -200,20 +200,24 @@ class Keyspace:
             self._store(key, str(result).encode())
             return result
 
-    def expire_at(self, key: bytes, deadline_ms: int, condition: str | None = None) -> bool:
-        """Set a key's deadline (EXPIRE/PEXPIRE). A deadline in the past deletes the key, as in Redis."""
+    def expire_at(self, key: bytes, deadline_ms: int, conditions: frozenset[str] = frozenset()) -> bool:
+        """Set a key's deadline (EXPIRE/PEXPIRE). A deadline in the past deletes the key, as in Redis.
+
+        ``conditions``: any of NX, XX, GT, LT, each applied as Redis applies it
+        (no deadline counts as infinite for GT and LT; XX with GT or LT needs both).
+        """
         with self._lock:
             now = now_ms()
             if not self._alive(key, now):
                 return False
             current = self._expires.get(key)
-            if condition == "NX" and current is not None:
+            if "NX" in conditions and current is not None:
                 return False
-            if condition == "XX" and current is None:
+            if "XX" in conditions and current is None:
                 return False
-            if condition == "GT" and (current is None or deadline_ms <= current):
+            if "GT" in conditions and (current is None or deadline_ms <= current):
                 return False
-            if condition == "LT" and current is not None and deadline_ms >= current:
+            if "LT" in conditions and current is not None and deadline_ms >= current:
                 return False
             if deadline_ms <= now:
                 self._drop(key)
