@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from server.commands.argdocs import REDIS_ARGUMENTS
 from server.commands import default_registry
+from server.commands.argdocs import REDIS_ARGUMENTS
 from tests.client_fixtures import RedisServer
 from tests.support import RespSocket, ServerProcess
 
