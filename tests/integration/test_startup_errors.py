@@ -136,3 +136,33 @@ def test_missing_module_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     line = _one_line(result)
     assert "--modules nosuchmodule" in line and str(tmp_path) in line and "PYTHONPATH" in line
+
+
+def test_a_port_taken_after_the_preflight_check_is_still_one_line() -> None:
+    """The race the preflight cannot close: the real bind fails; both front ends say which flag, stop the pool."""
+    import asyncio
+    import socket
+
+    import uvloop
+
+    from server.config import Config
+    from server.errors import StartupError
+    from server.frontends.aio import AsyncServer
+    from server.frontends.threaded import ThreadedServer
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = Config(port=port, cpu="inline", metrics_port=-1)
+        for start in (
+            lambda: asyncio.Runner(loop_factory=uvloop.new_event_loop).run(AsyncServer(config).start()),
+            lambda: ThreadedServer(config).start(),
+        ):
+            try:
+                start()
+            except StartupError as exc:
+                message = str(exc)
+            else:
+                raise AssertionError("the bind should have failed")
+            assert "\n" not in message and f"--port {port}" in message and "already in use" in message
