@@ -322,7 +322,8 @@ class _Reporter:
             "sent": agg.total("sent"),
             "received": received,
             # A tail much shorter than an interval holds too few replies for a rate (it read 416849/s once).
-            "rps": None if force and seconds < self.config.interval * MIN_TAIL_FRACTION
+            "rps": None
+            if force and seconds < self.config.interval * MIN_TAIL_FRACTION
             else round((received - self.last_received) / seconds, 1),
             "p50_ms": interval["p50"],
             "p99_ms": interval["p99"],
@@ -420,8 +421,10 @@ def build_report(
         growth = during - before if before is not None and during is not None else None
         if growth is not None and growth < 0:
             # The server reused memory an earlier run freed (a reused server): no honest per-connection figure.
-            hold["rss_note"] = "RSS fell while the connections opened (memory freed by an earlier run was reused); " \
+            hold["rss_note"] = (
+                "RSS fell while the connections opened (memory freed by an earlier run was reused); "
                 "start a fresh server for this figure"
+            )
             growth = None
         hold["connections_held"] = opened
         hold["rss_growth_bytes"] = growth

@@ -77,6 +77,7 @@ import structlog
 from server.config import ENV_PREFIX, Config
 from server.errors import CrossdockError
 from server.observability.instance import ENV_INSTANCE, ENV_SUPERVISOR, supervised_instance
+from server.preflight import bind_error_message
 
 log = structlog.get_logger("crossdock.supervisor")
 
@@ -434,8 +435,9 @@ class Supervisor:
         config = self.config
         try:
             reserved = reserve_port(config.host, config.port)
-        except OSError as exc:
+        except OSError as exc:  # taken since server/preflight.py checked it
             log.error("bind_failed", host=config.host, port=config.port, error=str(exc))
+            print(bind_error_message("--port", config.host, config.port, exc), file=sys.stderr)
             return 1
         with reserved:
             self.port = reserved.getsockname()[1]

@@ -216,7 +216,12 @@ def test_port_held_by_another_socket_fails_the_start() -> None:
     finally:
         holder.close()
     assert result.returncode == 1
-    assert '"event": "bind_failed"' in result.stdout
+    # The start-up check (server/preflight.py) finds it before any child or pool starts: one line naming the port.
+    assert result.stderr == (
+        f"crossdock serve: --port {port}: address 127.0.0.1:{port} is already in use by another process; "
+        "stop it or choose another port with --port (0 picks a free one)\n"
+    )
+    assert '"event": "started"' not in result.stdout
 
 
 def test_a_child_that_cannot_start_fails_the_start_with_its_status(tmp_path: Path) -> None:
