@@ -115,9 +115,10 @@ def default_maxmemory() -> int:
     return int(memory_available() * DEFAULT_MAXMEMORY_FRACTION)
 
 
-def resolve_maxmemory(configured: int) -> int:
-    """The bound in force: ``configured`` bytes, 0 for none, or the derived default for :data:`MAXMEMORY_AUTO`."""
-    return default_maxmemory() if configured == MAXMEMORY_AUTO else configured
+def resolve_maxmemory(configured: int, instances: int = 1) -> int:
+    """The bound in force: ``configured`` bytes, 0 for none, or for :data:`MAXMEMORY_AUTO` the derived default
+    shared between the ``instances`` processes of a ``--reuseport`` group (each has its own keyspace)."""
+    return default_maxmemory() // max(instances, 1) if configured == MAXMEMORY_AUTO else configured
 
 
 class Dataset(Protocol):
@@ -153,7 +154,7 @@ class MemoryAccount:
         #: Bytes queued in client output buffers now, as reported by the connection core.
         self.client_output_bytes = 0
         #: The comparison bound: maxmemory, or a number no account reaches when there is none.
-        self._bound = maxmemory if maxmemory > 0 else 1 << 62
+        self.bound = maxmemory if maxmemory > 0 else 1 << 62
         #: Bytes freed since the heap was last trimmed (see :meth:`released`).
         self._freed_untrimmed = 0
         #: Times the heap was trimmed (INFO ``heap_trims``).
@@ -186,7 +187,7 @@ class MemoryAccount:
 
     def over_limit(self) -> bool:
         """Whether used memory is past maxmemory (one addition and one comparison: it runs per request)."""
-        return self.dataset.used_bytes + self.client_output_bytes > self._bound
+        return self.dataset.used_bytes + self.client_output_bytes > self.bound
 
     def make_room(self) -> bool:
         """Evict keys by the policy until used memory is within maxmemory; False if it cannot (noeviction, or no
@@ -194,6 +195,6 @@ class MemoryAccount:
         if self.policy == "noeviction":
             return False
         before = self.dataset.used_bytes
-        fits = self.dataset.evict_to(self._bound - self.client_output_bytes)
+        fits = self.dataset.evict_to(self.bound - self.client_output_bytes)
         self.released(max(before - self.dataset.used_bytes, 0))
         return fits
