@@ -213,6 +213,8 @@ class CpuJobs:
         self._rejected_before_shedding: int | None = None
         # -- counters for INFO -------------------------------------------------------------------
         self.rejected_busy = 0
+        #: Of those, jobs already waiting that were shed to admit a client with fewer waiting (fair sharing).
+        self.preempted = 0
         self.timeouts = 0
         self.resubmitted = 0
         self.worker_failures = 0
@@ -238,6 +240,7 @@ class CpuJobs:
             if waiting >= self.queue_limit or not self._free_slots:
                 preempted = self._preempt_for(client_id)
                 self.rejected_busy += 1
+                self.preempted += preempted is not None
                 if shed_before is None:
                     self._rejected_before_shedding = self.rejected_busy - 1
             if preempted is not None or (waiting < self.queue_limit and self._free_slots):
@@ -489,6 +492,7 @@ class CpuJobs:
             "cpu_jobs_running": running,
             "cpu_jobs_queued": max(in_flight - running, 0),
             "cpu_rejected_busy": self.rejected_busy,
+            "cpu_rejected_over_share": self.preempted,
             "cpu_timeouts": self.timeouts,
             "cpu_jobs_resubmitted": self.resubmitted,
             "cpu_worker_failures": self.worker_failures,
