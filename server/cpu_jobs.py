@@ -202,9 +202,8 @@ class CpuJobs:
         self._free_slots = list(range(pool.job_slots))
         #: Admitted jobs not yet handed to the executor, per client, clients in round-robin order.
         self._waiting: OrderedDict[int, deque[Job]] = OrderedDict()
-        #: Jobs handed to the executor and not yet done with by it; at most ``_depth``.
+        #: Jobs handed to the executor and not yet done with by it (at most 2 per worker: see _take_ready).
         self._in_executor = 0
-        self._depth = EXECUTOR_DEPTH_PER_WORKER * pool.workers
         #: Per thread: jobs released while that thread is already submitting (see :meth:`_submit_ready`).
         self._local = threading.local()
         #: Executors this object stopped on purpose (a timeout): their other jobs are resubmitted.
@@ -281,11 +280,14 @@ class CpuJobs:
         return job
 
     def _take_ready(self) -> list[Job]:
-        """Jobs to hand to the executor now, round-robin across clients, while it holds fewer than ``_depth``.
+        """Jobs to hand to the executor now, round-robin across clients, while it holds fewer than 2 per worker.
         Called with the lock held; the caller submits them after releasing it."""
         ready: list[Job] = []
         waiting = self._waiting
-        while self._in_executor < self._depth and waiting:
+        # Read each time: a Dask cluster's thread count changes as workers come and go (and may be 0, when
+        # one job is still handed over so that the executor answers it with its own error).
+        depth = max(EXECUTOR_DEPTH_PER_WORKER * self.pool.workers, 1)
+        while self._in_executor < depth and waiting:
             client_id, queue = waiting.popitem(last=False)
             job = queue.popleft()
             if queue:
