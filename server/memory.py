@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import resource
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -115,9 +116,10 @@ def default_maxmemory() -> int:
     return int(memory_available() * DEFAULT_MAXMEMORY_FRACTION)
 
 
-def resolve_maxmemory(configured: int) -> int:
-    """The bound in force: ``configured`` bytes, 0 for none, or the derived default for :data:`MAXMEMORY_AUTO`."""
-    return default_maxmemory() if configured == MAXMEMORY_AUTO else configured
+def resolve_maxmemory(configured: int, instances: int = 1) -> int:
+    """The bound in force: ``configured`` bytes, 0 for none, or for :data:`MAXMEMORY_AUTO` the derived default
+    shared between the ``instances`` processes of a ``--reuseport`` group (each has its own keyspace)."""
+    return default_maxmemory() // max(instances, 1) if configured == MAXMEMORY_AUTO else configured
 
 
 class Dataset(Protocol):
@@ -136,10 +138,12 @@ class MemoryAccount:
     :meth:`remove_client_output` with the bytes it sent or dropped (all of
     its remaining queue when it closes); :meth:`used_memory` then includes
     them, as Redis's used_memory includes client buffers, and
-    :meth:`over_limit` tells whether the server is past maxmemory. The counts
-    are plain integers: under threads an occasional lost update is possible
-    only if two threads report at the same instant; each connection should
-    report from its own context, and the figures are an account, not a lock.
+    :meth:`over_limit` tells whether the server is past maxmemory. Call
+    :meth:`released` with a big buffer's size when it goes away (a client cut
+    for its output, or closing with a large queue), so the heap is trimmed.
+    The client-output updates take a lock (uncontended on the event loop), so
+    connection threads reporting at once never lose an update and the figure
+    returns to 0 when every client is gone.
 
     ``maxmemory`` 0 means no bound (``over_limit`` is then always False).
     """
@@ -152,8 +156,9 @@ class MemoryAccount:
         self.policy = policy
         #: Bytes queued in client output buffers now, as reported by the connection core.
         self.client_output_bytes = 0
+        self._output_lock = threading.Lock()
         #: The comparison bound: maxmemory, or a number no account reaches when there is none.
-        self._bound = maxmemory if maxmemory > 0 else 1 << 62
+        self.bound = maxmemory if maxmemory > 0 else 1 << 62
         #: Bytes freed since the heap was last trimmed (see :meth:`released`).
         self._freed_untrimmed = 0
         #: Times the heap was trimmed (INFO ``heap_trims``).
@@ -165,11 +170,13 @@ class MemoryAccount:
 
     def add_client_output(self, nbytes: int) -> None:
         """A connection queued ``nbytes`` of replies it has not sent yet."""
-        self.client_output_bytes += nbytes
+        with self._output_lock:
+            self.client_output_bytes += nbytes
 
     def remove_client_output(self, nbytes: int) -> None:
         """A connection sent (or dropped, closing) ``nbytes`` it had reported with :meth:`add_client_output`."""
-        self.client_output_bytes = max(self.client_output_bytes - nbytes, 0)
+        with self._output_lock:
+            self.client_output_bytes = max(self.client_output_bytes - nbytes, 0)
 
     def released(self, nbytes: int) -> None:
         """``nbytes`` were freed (FLUSHDB, evictions, a big client output buffer gone): once frees add up to
@@ -178,6 +185,8 @@ class MemoryAccount:
         For the connection core: call it with a connection's buffer size when a
         connection holding a big one is cut or closes.
         """
+        if nbytes <= 0:  # e.g. a DEL that other threads' writes outweighed meanwhile
+            return
         self._freed_untrimmed += nbytes
         if self._freed_untrimmed >= TRIM_AFTER_FREED_BYTES:
             self._freed_untrimmed = 0
@@ -186,7 +195,7 @@ class MemoryAccount:
 
     def over_limit(self) -> bool:
         """Whether used memory is past maxmemory (one addition and one comparison: it runs per request)."""
-        return self.dataset.used_bytes + self.client_output_bytes > self._bound
+        return self.dataset.used_bytes + self.client_output_bytes > self.bound
 
     def make_room(self) -> bool:
         """Evict keys by the policy until used memory is within maxmemory; False if it cannot (noeviction, or no
@@ -194,6 +203,6 @@ class MemoryAccount:
         if self.policy == "noeviction":
             return False
         before = self.dataset.used_bytes
-        fits = self.dataset.evict_to(self._bound - self.client_output_bytes)
+        fits = self.dataset.evict_to(self.bound - self.client_output_bytes)
         self.released(max(before - self.dataset.used_bytes, 0))
         return fits

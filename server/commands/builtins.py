@@ -411,7 +411,11 @@ def mset(ctx: CommandContext, args: list[bytes]) -> object:
 
 @COMMANDS.inline("DEL", arity=-2, summary="Delete keys; replies how many existed.", since="1.0.0", group="generic")
 def delete(ctx: CommandContext, args: list[bytes]) -> object:
-    return ctx.server.keyspace.delete(args[1:])
+    keyspace = ctx.server.keyspace
+    before = keyspace.used_bytes
+    removed = keyspace.delete(args[1:])
+    ctx.server.memory.released(before - keyspace.used_bytes)  # big deletions give the heap back to the OS
+    return removed
 
 
 @COMMANDS.inline("EXISTS", arity=-2, summary="Count how many of the keys exist.", since="1.0.0", group="generic")

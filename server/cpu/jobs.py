@@ -280,9 +280,8 @@ class CpuJobs:
         self._free_slots = list(range(pool.job_slots))
         #: Admitted jobs not yet handed to the executor, per client, clients in round-robin order.
         self._waiting: OrderedDict[int, deque[Job]] = OrderedDict()
-        #: Submissions the executor holds (futures not yet done); at most ``_depth``.
+        #: Submissions the executor holds (futures not yet done); at most SUBMISSIONS_PER_WORKER per worker.
         self._in_executor = 0
-        self._depth = SUBMISSIONS_PER_WORKER * max(pool.workers, 1)
         #: Per thread: groups released while that thread is already submitting (see :meth:`_submit_ready`).
         self._local = threading.local()
         #: Executors this object stopped on purpose (a timeout): their other jobs are resubmitted.
@@ -291,6 +290,8 @@ class CpuJobs:
         self._rejected_before_shedding: int | None = None
         # -- counters for INFO -------------------------------------------------------------------
         self.rejected_busy = 0
+        #: Of those, jobs already waiting that were shed to admit a client with fewer waiting (fair sharing).
+        self.preempted = 0
         self.timeouts = 0
         self.resubmitted = 0
         self.worker_failures = 0
@@ -319,6 +320,7 @@ class CpuJobs:
             if waiting >= self.queue_limit or not self._free_slots:
                 preempted = self._preempt_for(client_id)
                 self.rejected_busy += 1
+                self.preempted += preempted is not None
                 if shed_before is None:
                     self._rejected_before_shedding = self.rejected_busy - 1
             if preempted is not None or (waiting < self.queue_limit and self._free_slots):
@@ -367,7 +369,9 @@ class CpuJobs:
         """Groups of jobs to submit now: taken round-robin across clients while the executor has room, then cut
         into at most one batch per free submission (single jobs without a ``batch_call``). Called with the lock
         held; the caller submits them after releasing it."""
-        room = self._depth - self._in_executor
+        # Read each time: a Dask cluster's thread count changes as workers come and go (and may be 0, when
+        # one submission is still handed over so that the executor answers it with its own error).
+        room = max(SUBMISSIONS_PER_WORKER * self.pool.workers, 1) - self._in_executor
         waiting = self._waiting
         if room <= 0 or not waiting:
             return []
@@ -724,6 +728,7 @@ class CpuJobs:
             "cpu_jobs_running": running,
             "cpu_jobs_queued": max(in_flight - running, 0),
             "cpu_rejected_busy": self.rejected_busy,
+            "cpu_rejected_over_share": self.preempted,
             "cpu_timeouts": self.timeouts,
             "cpu_jobs_resubmitted": self.resubmitted,
             "cpu_worker_failures": self.worker_failures,

@@ -108,7 +108,8 @@ class ServerState:
         self.keyspace = LockedKeyspace() if thread_safe else Keyspace()
         self.keyspace.set_eviction(config.maxmemory_policy, config.maxmemory_samples)
         #: used_memory against maxmemory: the keyspace's bytes plus client output buffers (server.memory).
-        self.memory = MemoryAccount(self.keyspace, resolve_maxmemory(config.maxmemory), config.maxmemory_policy)
+        maxmemory = resolve_maxmemory(config.maxmemory, instances=config.reuseport)
+        self.memory = MemoryAccount(self.keyspace, maxmemory, config.maxmemory_policy)
         #: RSS when the server state was made: the interpreter's fixed cost (INFO ``used_memory_startup``).
         self.startup_rss = rss_bytes()
         self.stats = Stats()

@@ -537,7 +537,9 @@ def test_one_pipelining_client_cannot_take_the_whole_cpu_backlog(
             assert not failures, failures[:3]
             assert replies == [PRIMES_1000] * (FAIR_CLIENTS * FAIR_REQUESTS)
             if mode == "async":  # each admitted fair request took the place of one of the greedy client's
-                assert int(info(other)["cpu_rejected_busy"]) >= busy_before + FAIR_CLIENTS
+                stats = info(other)
+                assert int(stats["cpu_rejected_busy"]) >= busy_before + FAIR_CLIENTS
+                assert int(stats["cpu_rejected_over_share"]) >= FAIR_CLIENTS
     finally:
         greedy.close()
     if mode == "async":
