@@ -12,7 +12,9 @@ Conventions taken from redis-cli, so habits and scripts carry over:
 
 * ``-h host``, ``-p port``, ``-a password`` (or ``CROSSDOCK_CLI_AUTH`` in the
   environment, which ``ps`` does not show), ``--user``, ``-t`` connect
-  timeout, ``--raw`` / ``--no-raw``;
+  timeout, ``--raw`` / ``--no-raw``, ``-2`` / ``-3`` (the protocol: RESP2 by
+  default, as redis-cli; ``-3`` sends ``HELLO 3`` and prints maps, sets,
+  doubles and booleans as ``redis-cli -3`` does);
 * replies printed as redis-cli prints them (:mod:`clients.display`): the
   standard form on a terminal, the raw form when stdout is not one;
 * a typed line is split into words as redis-cli splits it: spaces separate,
@@ -121,6 +123,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-t", "--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT,
         help=f"seconds to wait for the connection (default {DEFAULT_CONNECT_TIMEOUT:g})",
     )  # fmt: skip
+    protocol = connection.add_mutually_exclusive_group()
+    protocol.add_argument(
+        "-2", dest="protocol", action="store_const", const=2, default=2, help="RESP2 (the default, as redis-cli)"
+    )
+    protocol.add_argument("-3", dest="protocol", action="store_const", const=3, help="RESP3: start with HELLO 3")
     output = parser.add_argument_group("output")
     raw = output.add_mutually_exclusive_group()
     raw.add_argument("--raw", action="store_true", help="raw replies, even on a terminal")
@@ -139,8 +146,12 @@ class _Output:
         self.stdout = stdout
         self.stderr = stderr
 
-    def reply(self, reply: Any) -> None:
-        if self.raw:
+    def reply(self, reply: Any, verbatim: bool = False) -> None:
+        if verbatim:  # redis-cli's output_raw: the text as it is, no newline added, whatever the mode
+            self.stdout.flush()
+            self.stdout.buffer.write(format_raw(reply))
+            self.stdout.buffer.flush()
+        elif self.raw:
             self.stdout.flush()
             self.stdout.buffer.write(format_raw(reply) + b"\n")
             self.stdout.buffer.flush()
@@ -174,6 +185,7 @@ class _Session:
         self.password: str | None = args.password if args.password is not None else os.environ.get(AUTH_ENV)
         self.user: str | None = args.user
         self.connect_timeout: float = args.connect_timeout
+        self.protocol: int = args.protocol
         self.out = out
         self.client: Any = None
 
@@ -184,7 +196,7 @@ class _Session:
         try:
             self.client = self._client_class(
                 self.host, self.port, connect_timeout=self.connect_timeout,
-                username=self.user, password=self.password,
+                username=self.user, password=self.password, protocol=self.protocol,
             )  # fmt: skip
         except ReplyError as exc:
             self.out.problem(f"AUTH failed: {exc}")
@@ -216,7 +228,7 @@ class _Session:
         except KeyboardInterrupt:
             self.close()
             raise
-        self.out.reply(reply)
+        self.out.reply(reply, verbatim=_prints_verbatim(words))
         return True
 
     def command_names(self) -> list[str]:
@@ -244,6 +256,13 @@ class _Session:
         if self.client is not None:
             self.client.close()
             self.client = None
+
+
+def _prints_verbatim(words: Sequence[bytes]) -> bool:
+    """redis-cli prints these commands' replies raw in every mode (its ``output_raw`` list, for our commands)."""
+    name = words[0].lower() if words else b""
+    sub = words[1].lower() if len(words) > 1 else b""
+    return name == b"info" or (name == b"client" and sub in (b"list", b"info"))
 
 
 def _text(value: bytes | str) -> str:

@@ -125,6 +125,37 @@ def test_output_is_byte_for_byte_what_redis_cli_prints(redis_endpoint: Endpoint,
         assert ours.stdout == theirs.stdout, command
 
 
+#: RESP3's types, nested: maps (with a multi-line value), sets, verbatim text, doubles, booleans, nulls.
+PARITY_COMMANDS_RESP3: list[list[str]] = [
+    ["GET", "parity3:missing"],
+    ["MGET", "parity:k", "parity3:missing"],
+    ["CONFIG", "GET", "maxclients"],
+    ["CONFIG", "GET", "no-such-parameter"],
+    ["COMMAND", "INFO", "get", "no-such-command"],
+    ["COMMAND", "DOCS", "get"],
+    ["CLIENT", "GETNAME"],
+    ["INFO", "keyspace"],
+    ["EVAL", "redis.setresp(3); return {double=3.14}", "0"],
+    ["EVAL", "redis.setresp(3); return {double=-1/0}", "0"],
+    ["EVAL", "redis.setresp(3); return {true, false, {map={a={1, 2}, b='x'}}}", "0"],
+    ["EVAL", "redis.setresp(3); return {map={}}", "0"],
+    ["PUBSUB", "NUMSUB", "parity3:channel"],
+]
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")
+@pytest.mark.parametrize("mode", ["--raw", "--no-raw"])
+def test_resp3_output_is_byte_for_byte_what_redis_cli_3_prints(redis_endpoint: Endpoint, mode: str) -> None:
+    for command in PARITY_COMMANDS_RESP3:
+        ours = cli(redis_endpoint, "-3", mode, *command)
+        theirs = subprocess.run(
+            ["redis-cli", "-3", "-h", redis_endpoint.host, "-p", str(redis_endpoint.port), mode, *command],
+            capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False,
+        )  # fmt: skip
+        assert ours.returncode == 0, ours.stderr
+        assert ours.stdout == theirs.stdout, command
+
+
 class Pty:
     """The CLI on a pseudo-terminal, so it runs interactively (prompt, readline) as for a person."""
 
