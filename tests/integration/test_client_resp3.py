@@ -7,6 +7,7 @@ hook) and against redis-server, the same test for both.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 import uuid
@@ -138,7 +139,7 @@ def test_sync_pubsub(endpoint: tuple[str, int], protocol: int) -> None:
         if protocol == 3:  # commands between messages: only RESP3 allows them
             assert sub.execute("GET", "own3:missing") is None
         else:
-            with pytest.raises(ReplyError, match="only .P.S.SUBSCRIBE"):
+            with pytest.raises(ReplyError, match=re.escape("only (P|S)SUBSCRIBE")):
                 sub.execute("GET", "own3:missing")
         pub.execute("PUBLISH", channel, "three")  # arrives before the UNSUBSCRIBE's confirmation
         assert sub.unsubscribe() == 1
