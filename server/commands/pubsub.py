@@ -1,6 +1,6 @@
 """Pub/sub commands: SUBSCRIBE, UNSUBSCRIBE, PSUBSCRIBE, PUNSUBSCRIBE, PUBLISH, PUBSUB, and RESET.
 
-The tables and the fan-out live in :mod:`server.pubsub` (no I/O); these
+The tables and the fan-out live in :mod:`server.store.pubsub` (no I/O); these
 handlers turn requests into hub calls and answer as Redis 7.0 does. A
 (un)subscribe command answers one message per channel, a push (``>3``) in
 RESP3 and an array in RESP2, so the handler encodes its own reply for its

@@ -154,7 +154,8 @@ class AsyncServer(ServerBase):
         self.prepare()
         loop = asyncio.get_running_loop()
         pool = await asyncio.to_thread(self.new_pool)
-        self.start_cpu(pool, submit=loop.run_in_executor, call_soon=loop.call_soon_threadsafe)
+        # defer: the cpu requests admitted in one loop pass go to the pool together (server.cpu.jobs batches).
+        self.start_cpu(pool, submit=loop.run_in_executor, call_soon=loop.call_soon_threadsafe, defer=loop.call_soon)
         self.jobs = LoopJobs(loop, self.cpu_jobs)
         config = self.config
         self._server = await asyncio.start_server(

@@ -150,7 +150,7 @@ def pool_figures(state: ServerState) -> dict[str, int]:
 #: The fields :meth:`server.cpu.jobs.CpuJobs.info` reports (zeros when there is no pool).
 _CPU_JOB_FIELDS = (
     "cpu_jobs_in_flight", "cpu_jobs_running", "cpu_jobs_queued", "cpu_rejected_busy", "cpu_timeouts",
-    "cpu_jobs_resubmitted", "cpu_worker_failures",
+    "cpu_jobs_resubmitted", "cpu_worker_failures", "cpu_batches", "cpu_jobs_batched",
 )  # fmt: skip
 
 

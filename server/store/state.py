@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from server.pubsub import PubSubHub
 from server.store.commandstats import CommandStatsTable
 from server.store.keyspace import Keyspace, LockedKeyspace
+from server.store.pubsub import PubSubHub
 from server.store.slowlog import SlowLog
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class ClientState:
     request_started: float = 0.0
     #: Since when replies have been waiting for the client to take them (set only when a write could not finish).
     output_since: float = 0.0
-    # Pub/sub (server.pubsub fills these): subscriptions, and the driver's hook that sends a pushed message.
+    # Pub/sub (server.store.pubsub fills these): subscriptions, and the driver's hook that sends a pushed message.
     #: Send already-encoded bytes to this client now (set by the connection's driver; None: no pub/sub delivery).
     push: Callable[[bytes], None] | None = None
     channels: dict[bytes, None] = field(default_factory=dict)

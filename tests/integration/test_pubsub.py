@@ -69,9 +69,10 @@ def prefix() -> str:
     return f"ps:{uuid.uuid4().hex[:8]}:"
 
 
-@pytest.fixture
-def async_server() -> Iterator[ServerProcess]:
-    process = ServerProcess("async", "pool")
+@pytest.fixture(params=["async", "threaded"])
+def crossdock(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """Each front end, cpu inline (no cpu command here): the same conversation must give the same bytes."""
+    process = ServerProcess(request.param, "inline")
     yield process
     process.stop()
 
@@ -139,9 +140,9 @@ def resp3_steps(p: str) -> list[tuple[int, tuple[object, ...]]]:
 
 @pytest.mark.parametrize("steps", [resp2_steps, resp3_steps], ids=["resp2", "resp3"])
 def test_pubsub_conversations_match_redis(
-    redis_server: RedisServer, async_server: ServerProcess, prefix: str, steps: Any
+    redis_server: RedisServer, crossdock: ServerProcess, prefix: str, steps: Any
 ) -> None:
     expected = run(redis_server.host, redis_server.port, 2, steps(prefix))
-    got = run(async_server.host, async_server.port, 2, steps(prefix))
+    got = run(crossdock.host, crossdock.port, 2, steps(prefix))
     for step, (mine, theirs) in enumerate(zip(got, expected, strict=True)):
         assert (step // 2, step % 2, mine) == (step // 2, step % 2, theirs)

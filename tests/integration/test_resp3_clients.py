@@ -31,9 +31,10 @@ CLIENT_TIMEOUT = 60
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 
 
-@pytest.fixture(scope="module")
-def async_server() -> Iterator[ServerProcess]:
-    process = ServerProcess("async", "pool")
+@pytest.fixture(scope="module", params=["async", "threaded"])
+def crossdock_server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """Each front end in turn: every real client here talks to both."""
+    process = ServerProcess(request.param, "pool")
     yield process
     process.stop()
 
@@ -64,10 +65,14 @@ def test_redis_py_defaults_speak_resp3_without_a_warning(front_end: ServerProces
             client.close()
 
 
-def test_redis_py_protocol_3_pubsub(async_server: ServerProcess) -> None:
+def test_redis_py_protocol_3_pubsub(crossdock_server: ServerProcess) -> None:
     channel = f"rp3:{uuid.uuid4().hex}"
     client = redis.Redis(
-        host=async_server.host, port=async_server.port, protocol=3, decode_responses=True, socket_timeout=CLIENT_TIMEOUT
+        host=crossdock_server.host,
+        port=crossdock_server.port,
+        protocol=3,
+        decode_responses=True,
+        socket_timeout=CLIENT_TIMEOUT,
     )
     pubsub = client.pubsub()
     try:
@@ -170,14 +175,14 @@ def test_redis_cli_3_prints_the_same_as_against_redis(
     assert " resp=3 " in info and "lib-name=" in info
 
 
-def test_node_redis_defaults_with_a_subscriber(async_server: ServerProcess) -> None:
+def test_node_redis_defaults_with_a_subscriber(crossdock_server: ServerProcess) -> None:
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed")
     if not (NODE_DIR / "node_modules" / "redis").is_dir():
         pytest.skip("node-redis is not installed: run `npm ci` in tests/node (.ci/run does)")
     result = subprocess.run(
-        [node, "smoke.mjs", str(async_server.port)],
+        [node, "smoke.mjs", str(crossdock_server.port)],
         cwd=NODE_DIR,
         capture_output=True,
         text=True,

@@ -14,7 +14,7 @@ from server.connection.core import ConnectionCore
 from server.limits.constants import PUBSUB_OUTPUT_HARD_LIMIT, PUBSUB_OUTPUT_SOFT_LIMIT, PUBSUB_OUTPUT_SOFT_SECONDS
 from server.observability.info import render_info
 from server.protocol import encode_reply
-from server.pubsub import glob_to_regex
+from server.store.pubsub import glob_to_regex
 from tests.unit.fakes import FakeJobs, FakeTransport, Harness, make_core
 
 
