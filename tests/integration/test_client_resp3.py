@@ -1,7 +1,6 @@
 """crossdock's own clients in RESP3: the HELLO 3 handshake and its RESP2 fallback, RESP3 values, pub/sub.
 
-Pub/sub runs against the asyncio front end (its connections have the push
-hook) and against redis-server, the same test for both.
+Pub/sub runs against both front ends and against redis-server, the same test for each.
 """
 
 from __future__ import annotations
@@ -33,12 +32,19 @@ def async_server() -> Iterator[ServerProcess]:
     process.stop()
 
 
-@pytest.fixture(params=["crossdock", "redis"])
-def endpoint(request: pytest.FixtureRequest, async_server: ServerProcess) -> tuple[str, int]:
-    if request.param == "redis":
-        redis: RedisServer = request.getfixturevalue("redis_server")
-        return redis.host, redis.port
-    return async_server.host, async_server.port
+@pytest.fixture(scope="module")
+def threaded_server() -> Iterator[ServerProcess]:
+    process = ServerProcess("threaded", "pool")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(params=["async", "threaded", "redis"])
+def endpoint(request: pytest.FixtureRequest) -> tuple[str, int]:
+    """crossdock's two front ends, and redis-server."""
+    fixture = {"async": "async_server", "threaded": "threaded_server", "redis": "redis_server"}[request.param]
+    server: ServerProcess | RedisServer = request.getfixturevalue(fixture)
+    return server.host, server.port
 
 
 class Resp2OnlyServer:
