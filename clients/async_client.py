@@ -279,7 +279,7 @@ class AsyncClient:
         decode: bool = False,
         username: str | None = None,
         password: str | None = None,
-        use_hiredis: bool | None = None,
+        core: str | None = None,
         protocol: int = DEFAULT_PROTOCOL,
     ) -> None:
         self.host = host
@@ -293,7 +293,7 @@ class AsyncClient:
         self._hello = hello_payload(username, password) if protocol == 3 else None
         #: What this client subscribed to, so "unsubscribe from all" knows how many confirmations to await.
         self._subscribed: dict[str, set[object]] = {"subscribe": set(), "psubscribe": set()}
-        self._use_hiredis = use_hiredis
+        self._core = core
         self._protocol: _ReplyProtocol | None = None
         self._closed = False
 
@@ -310,7 +310,7 @@ class AsyncClient:
         if self._protocol is not None or self._closed:
             raise RuntimeError("an AsyncClient connects once; make a new one to reconnect")
         loop = asyncio.get_running_loop()
-        parser = make_parser(self.decode, self._use_hiredis)
+        parser = make_parser(self.decode, self._core)
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, protocol = await loop.create_connection(lambda: _ReplyProtocol(loop, parser), self.host, self.port)

@@ -105,9 +105,10 @@ class Client:
     forever); each call may override it. ``decode=True`` returns bulk strings
     as ``str`` (UTF-8) instead of ``bytes``; status replies (``+OK``) are
     always ``str``. ``username``/``password`` send AUTH right after
-    connecting. ``use_hiredis`` picks the reply parser's backend (``None``:
-    hiredis when installed). ``protocol``: 3 (RESP3, falling back to 2 when
-    the server refuses it) or 2; see the module docstring.
+    connecting. ``core`` picks the reply parser's core (``"pure"`` or
+    ``"cython"``; ``None``: the one :data:`server.protocol.CORE` names).
+    ``protocol``: 3 (RESP3, falling back to 2 when the server refuses it)
+    or 2; see the module docstring.
 
     Error handling: the constructor connects, and raises
     :class:`~clients.errors.ConnectFailedError` (refused, unreachable),
@@ -126,7 +127,7 @@ class Client:
         decode: bool = False,
         username: str | None = None,
         password: str | None = None,
-        use_hiredis: bool | None = None,
+        core: str | None = None,
         protocol: int = DEFAULT_PROTOCOL,
     ) -> None:
         self.host = host
@@ -140,7 +141,7 @@ class Client:
         self._pushes: collections.deque[Any] = collections.deque()
         self._subscribed: dict[str, set[Any]] = {"subscribe": set(), "psubscribe": set()}
         self._lock = threading.Lock()
-        self._parser = make_parser(decode, use_hiredis)
+        self._parser = make_parser(decode, core)
         #: Replies still to arrive for calls that gave up waiting (timeout, interrupt); read and dropped.
         self._stale = 0
         self._closed_reason = "the client is closed"

@@ -20,7 +20,7 @@ from server.commands.pubsub import SUBSCRIBED_MODE_COMMANDS, subscribed_mode_err
 from server.commands.registry import Command, CommandError, Kind, Registry
 from server.protocol import ProtocolError, RequestParser
 from server.protocol.reply import NULL_BULK, RESP3_NULL, RawReply, encode_error, encode_reply, encode_reply3
-from server.store.commandstats import CommandStats
+from server.store.commandstats import LINEAR_LIMIT_BITS, SUB_BUCKET_BITS, SUB_MASK, CommandStats
 
 if TYPE_CHECKING:
     from server.commands.context import CommandContext
@@ -171,8 +171,12 @@ class Dispatcher:
             return encode_error(f"ERR internal error while running '{command.name}'")
         elapsed = _perf_counter_ns() - started
         counters.ns += elapsed
-        bits = elapsed.bit_length()  # server.store.commandstats.histogram_slot, inlined (SUB_BUCKET_BITS = 5)
-        counters.histogram[(bits << 5) | ((elapsed >> (bits - 6)) & 31) if bits > 6 else elapsed] += 1
+        bits = elapsed.bit_length()  # server.store.commandstats.histogram_slot, inlined
+        counters.histogram[
+            (bits << SUB_BUCKET_BITS) | ((elapsed >> (bits - LINEAR_LIMIT_BITS)) & SUB_MASK)
+            if bits > LINEAR_LIMIT_BITS
+            else elapsed
+        ] += 1
         if elapsed >= self._slow_ns:
             self.note_slow(name, elapsed, client, args)
         if result.__class__ is RawReply:  # constants such as +PONG and +OK: already encoded, the same in RESP3...

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from server import REDIS_COMPAT_VERSION, __version__
 from server.observability.instance import info_fields
+from server.protocol import CORE
 from server.store.commandstats import LATENCY_PERCENTILES
 from server.store.slowlog import SLOWLOG_MAX_LEN
 from server.store.state import ServerState
@@ -47,6 +48,7 @@ def _server(state: ServerState) -> dict[str, object]:
         "arch_bits": 64 if sys.maxsize > 2**32 else 32,
         "multiplexing_api": "uvloop" if config.mode == "async" else "threads",
         "python_version": platform.python_version(),
+        "crossdock_core": CORE,  # the request/reply parser core: "cython" (compiled) or "pure"
         "process_id": state.process_id,
         "run_id": state.run_id,
         "tcp_port": state.bound_port,
