@@ -99,8 +99,10 @@ class _Subscriber(asyncio.Protocol):
                 tally.ended += 1
                 continue
             sent_ns = int(payload.split(b":", 2)[1])
-            tally.histogram.record_value(max(1, (time.monotonic_ns() - sent_ns) // 1000))
+            now = time.monotonic_ns()
+            tally.histogram.record_value(max(1, (now - sent_ns) // 1000))
             tally.received += 1
+            tally.last_ns = now
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ended:
@@ -115,6 +117,8 @@ class _Tally:
         self.received = 0
         self.ended = 0
         self.lost_connections = 0
+        #: When the last message (not the end marker) arrived, monotonic ns.
+        self.last_ns = 0
 
 
 def _subscriber_process(config: PubSubConfig, count: int, out: Any, go: Any) -> None:
@@ -148,7 +152,7 @@ async def _subscribe_and_count(config: PubSubConfig, count: int, out: Any, go: A
     deadline = time.monotonic() + READY_TIMEOUT + config.duration + DRAIN_SECONDS
     while tally.ended + tally.lost_connections < len(subscribers) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    out.put(("result", tally.received, encode(tally.histogram), tally.lost_connections))
+    out.put(("result", tally.received, encode(tally.histogram), tally.lost_connections, tally.last_ns))
     del go
 
 
@@ -169,8 +173,8 @@ class _Publisher(asyncio.Protocol):
                 self.errors += 1
 
 
-async def _publish(config: PubSubConfig) -> tuple[int, int, int, float]:
-    """Publish at the configured rate for the duration; return (published, server deliveries, errors, seconds).
+async def _publish(config: PubSubConfig) -> tuple[int, int, int, int]:
+    """Publish at the configured rate for the duration; return (published, server deliveries, errors, start ns).
 
     Errors are error replies plus PUBLISHes never answered within the drain time.
     """
@@ -191,7 +195,6 @@ async def _publish(config: PubSubConfig) -> tuple[int, int, int, float]:
             transport, _ = publishers[seq % len(publishers)]
             transport.write(encode_command("PUBLISH", channel, _payload(seq, config.size)))
             seq += 1
-    elapsed = (time.monotonic_ns() - start) / 1e9
     deadline = time.monotonic() + DRAIN_SECONDS
     while sum(p.replies for _, p in publishers) < seq and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
@@ -204,7 +207,7 @@ async def _publish(config: PubSubConfig) -> tuple[int, int, int, float]:
         await asyncio.sleep(0.01)
     for transport, _ in publishers:
         transport.close()
-    return seq, deliveries, errors, elapsed
+    return seq, deliveries, errors, start
 
 
 def run_pubsub(config: PubSubConfig) -> dict[str, Any]:
@@ -229,14 +232,16 @@ def run_pubsub(config: PubSubConfig) -> dict[str, Any]:
             kind, *rest = results.get(timeout=READY_TIMEOUT)
             if kind == "ready":
                 ready += rest[0]
-        published, deliveries, errors, elapsed = asyncio.run(_publish(config))
+        published, deliveries, errors, start_ns = asyncio.run(_publish(config))
         received = 0
         lost_connections = 0
+        last_ns = start_ns
         histograms = []
         for _ in workers:
-            _, count, histogram, lost = results.get(timeout=DRAIN_SECONDS + 30)
+            _, count, histogram, lost, last = results.get(timeout=DRAIN_SECONDS + 30)
             received += count
             lost_connections += lost
+            last_ns = max(last_ns, last)
             histograms.append(histogram)
     except (queue.Empty, OSError) as exc:
         report["error"] = f"{type(exc).__name__}: {exc}"
@@ -247,6 +252,8 @@ def run_pubsub(config: PubSubConfig) -> dict[str, Any]:
             if worker.is_alive():
                 worker.kill()
     latency = summarize(merge_encoded(histograms))
+    # From the first publish to the last delivery: past the publishing time when the server fell behind.
+    elapsed = max(config.duration, (last_ns - start_ns) / 1e9)
     report.update(
         subscribers=ready,
         published=published,
@@ -256,7 +263,7 @@ def run_pubsub(config: PubSubConfig) -> dict[str, Any]:
         lost=deliveries - received,
         lost_connections=lost_connections,
         seconds=round(elapsed, 3),
-        published_per_second=round(published / elapsed, 1),
+        published_per_second=round(published / config.duration, 1),
         delivered_per_second=round(received / elapsed, 1),
         latency_ms=latency,
         ok=errors == 0 and deliveries == received and lost_connections == 0 and deliveries == published * ready,
