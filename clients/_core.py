@@ -161,6 +161,26 @@ class Message:
     pattern: bytes | str | None = None
 
 
+#: Commands whose replies are pub/sub events, not one reply: sent by the clients' subscribe methods only.
+SUBSCRIPTION_COMMANDS: Final = frozenset(
+    {"SUBSCRIBE", "PSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE"}
+)
+
+
+def refuse_subscription(args: tuple[object, ...]) -> None:
+    """Error handling: a (un)subscribe command through ``execute`` raises ValueError before anything is sent.
+
+    Its confirmations are one per channel (pushes in RESP3, no reply at all),
+    so ``execute`` would wait for a reply that never comes or desynchronise
+    the connection.
+    """
+    name = args[0] if args else None
+    if isinstance(name, bytes):
+        name = name.decode(errors="replace")
+    if isinstance(name, str) and name.upper() in SUBSCRIPTION_COMMANDS:
+        raise ValueError(f"use the client's {name.lower()}() method, not execute({name!r}, ...)")
+
+
 #: The kinds of pub/sub event a subscription command is confirmed with.
 CONFIRMATIONS: Final = frozenset({"subscribe", "unsubscribe", "psubscribe", "punsubscribe"})
 

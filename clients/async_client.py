@@ -76,6 +76,7 @@ from clients._core import (
     hello_payload,
     hello_refused,
     make_parser,
+    refuse_subscription,
     resolve_timeout,
 )
 from clients.errors import (
@@ -395,6 +396,7 @@ class AsyncClient:
         :class:`TypeError` for an argument that cannot be sent, before
         anything is sent.
         """
+        refuse_subscription(args)
         payload = encode_command(*args)
         return check_reply(await self._send(payload, resolve_timeout(timeout, self.timeout)))
 

@@ -216,6 +216,18 @@ class _Session:
         """
         if not self.connect():
             return False
+        if words and words[0].upper() in (b"SUBSCRIBE", b"PSUBSCRIBE"):
+            return self._listen(words)
+        if words and words[0].upper() in (b"UNSUBSCRIBE", b"PUNSUBSCRIBE"):  # outside subscribed mode: as redis-cli
+            method = self.client.unsubscribe if words[0].upper() == b"UNSUBSCRIBE" else self.client.punsubscribe
+            try:
+                method(*words[1:])
+            except ReplyError as exc:
+                self.out.error_reply(exc, errors_to_stderr)
+                return False
+            for confirmation in self.client.confirmations:
+                self.out.reply([confirmation.kind.encode(), confirmation.channel, confirmation.data])
+            return True
         try:
             reply = self.client.execute(*words)
         except ReplyError as exc:
@@ -229,6 +241,33 @@ class _Session:
             self.close()
             raise
         self.out.reply(reply, verbatim=_prints_verbatim(words))
+        return True
+
+    def _listen(self, words: Sequence[bytes]) -> bool:
+        """(P)SUBSCRIBE as redis-cli runs it: print each confirmation, then every message, until Ctrl-C."""
+        client = self.client
+        if not self.out.raw:
+            self.out.stdout.write("Reading messages... (press Ctrl-C to quit)\n")
+        try:
+            subscribe = client.subscribe if words[0].upper() == b"SUBSCRIBE" else client.psubscribe
+            subscribe(*words[1:])
+            for confirmation in client.confirmations:
+                self.out.reply([confirmation.kind.encode(), confirmation.channel, confirmation.data])
+            for message in client.listen():
+                if message.kind == "pmessage":
+                    self.out.reply([b"pmessage", message.pattern, message.channel, message.data])
+                else:
+                    self.out.reply([message.kind.encode(), message.channel, message.data])
+        except ReplyError as exc:
+            self.out.error_reply(exc, True)
+            return False
+        except ConnectionLostError as exc:
+            self.out.problem(f"Error: {_reason(exc)}")
+            self.close()
+            return False
+        except KeyboardInterrupt:
+            self.close()  # the connection is in subscribed mode: a fresh one serves the next command
+            raise
         return True
 
     def command_names(self) -> list[str]:

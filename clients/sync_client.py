@@ -83,6 +83,7 @@ from clients._core import (
     hello_payload,
     hello_refused,
     make_parser,
+    refuse_subscription,
     resolve_timeout,
 )
 from clients.errors import (
@@ -140,6 +141,8 @@ class Client:
         #: confirmation: handed out by get_message, oldest first.
         self._pushes: collections.deque[Any] = collections.deque()
         self._subscribed: dict[str, set[Any]] = {"subscribe": set(), "psubscribe": set()}
+        #: The confirmations of the last (un)subscribe call, one per channel or pattern, in order.
+        self.confirmations: list[Message] = []
         self._lock = threading.Lock()
         self._parser = make_parser(decode, core)
         #: Replies still to arrive for calls that gave up waiting (timeout, interrupt); read and dropped.
@@ -232,6 +235,7 @@ class Client:
         closed or breaks; :class:`TypeError` for an argument that cannot be
         sent, before anything is sent.
         """
+        refuse_subscription(args)
         payload = encode_command(*args)
         return check_reply(self._transact(payload, 1, resolve_timeout(timeout, self.timeout))[0])
 
@@ -368,6 +372,7 @@ class Client:
         expected = len(names) or max(1, len(family))  # "from all" is confirmed once per subscription, or once
         self._transact(encode_command(command, *names), 0, wait)
         count = 0
+        self.confirmations = []
         held: list[Any] = []  # messages that came before the confirmations: get_message hands them out
         try:
             for _ in range(expected):
@@ -379,6 +384,7 @@ class Client:
                     if message is not None and message.kind == kind:
                         break
                     held.append(value)
+                self.confirmations.append(message)
                 if kind.endswith("unsubscribe"):
                     family.discard(message.channel)
                 else:

@@ -197,3 +197,12 @@ def test_async_pubsub_needs_resp3(async_server: ServerProcess) -> None:
                 await client.subscribe("x")
 
     asyncio.run(main())
+
+
+def test_execute_refuses_subscription_commands(async_server: ServerProcess) -> None:
+    """Their confirmations are pushes (RESP3) or several replies: the subscribe methods read them."""
+    with Client(async_server.host, async_server.port, timeout=WAIT) as client:
+        for name in ("SUBSCRIBE", b"psubscribe", "Unsubscribe", "PUNSUBSCRIBE"):
+            with pytest.raises(ValueError, match="method"):
+                client.execute(name, "x")
+        assert client.execute("PING") == "PONG"  # nothing was sent
