@@ -147,9 +147,7 @@ def client(ctx: CommandContext, args: list[bytes]) -> object:
     sub = _upper(args[1])
     arity = _CLIENT_SUBCOMMANDS.get(sub)
     if arity is None:
-        raise CommandError(
-            f"ERR unknown subcommand '{args[1].decode(errors='replace')}'. Try CLIENT HELP."
-        )
+        raise CommandError(f"ERR unknown subcommand '{args[1].decode(errors='replace')}'. Try CLIENT HELP.")
     if (arity >= 0 and len(args) != arity) or (arity < 0 and len(args) < -arity):
         raise CommandError(f"ERR wrong number of arguments for 'client|{sub.decode().lower()}' command")
     me = ctx.client
@@ -280,6 +278,9 @@ def config(ctx: CommandContext, args: list[bytes]) -> object:
 # Keyspace
 # ---------------------------------------------------------------------------------------------
 _KEYSPACE = {"group": "string", "key_spec": (1, 1, 1)}
+#: The string writes Redis flags ``denyoom`` (they may grow memory): refused with -OOM past maxmemory.
+_GROWS = {**_KEYSPACE, "flags": ("write", "denyoom")}
+_GROWS_FAST = {**_KEYSPACE, "flags": ("write", "denyoom", "fast")}
 
 
 def _expire_deadline(amount: int, unit_ms: int, command: str, now_ms: int, absolute: bool = False) -> int:
@@ -303,7 +304,7 @@ def get(ctx: CommandContext, args: list[bytes]) -> object:
     arity=-3,
     summary="Set a key: SET key value [NX|XX] [GET] [EX s|PX ms|EXAT ts|PXAT ts-ms|KEEPTTL].",
     since="1.0.0",
-    **_KEYSPACE,
+    **_GROWS,
 )
 def set_(ctx: CommandContext, args: list[bytes]) -> object:
     if len(args) == 3:  # the common case, no options
@@ -354,7 +355,9 @@ def mget(ctx: CommandContext, args: list[bytes]) -> object:
     return [keyspace.get(key) for key in args[1:]]
 
 
-@COMMANDS.inline("MSET", arity=-3, summary="Set several keys.", since="1.0.1", group="string")
+@COMMANDS.inline(
+    "MSET", arity=-3, summary="Set several keys.", since="1.0.1", group="string", flags=("write", "denyoom")
+)
 def mset(ctx: CommandContext, args: list[bytes]) -> object:
     if len(args) % 2 == 0:
         raise CommandError("ERR wrong number of arguments for 'mset' command")
@@ -374,22 +377,22 @@ def exists(ctx: CommandContext, args: list[bytes]) -> object:
     return ctx.server.keyspace.exists(args[1:])
 
 
-@COMMANDS.inline("INCR", arity=2, summary="Increment the integer value of a key by one.", since="1.0.0", **_KEYSPACE)
+@COMMANDS.inline("INCR", arity=2, summary="Increment the integer value of a key by one.", since="1.0.0", **_GROWS_FAST)
 def incr(ctx: CommandContext, args: list[bytes]) -> object:
     return ctx.server.keyspace.incr_by(args[1], 1)
 
 
-@COMMANDS.inline("DECR", arity=2, summary="Decrement the integer value of a key by one.", since="1.0.0", **_KEYSPACE)
+@COMMANDS.inline("DECR", arity=2, summary="Decrement the integer value of a key by one.", since="1.0.0", **_GROWS_FAST)
 def decr(ctx: CommandContext, args: list[bytes]) -> object:
     return ctx.server.keyspace.incr_by(args[1], -1)
 
 
-@COMMANDS.inline("INCRBY", arity=3, summary="Increment the integer value of a key.", since="1.0.0", **_KEYSPACE)
+@COMMANDS.inline("INCRBY", arity=3, summary="Increment the integer value of a key.", since="1.0.0", **_GROWS_FAST)
 def incrby(ctx: CommandContext, args: list[bytes]) -> object:
     return ctx.server.keyspace.incr_by(args[1], parse_int(args[2]))
 
 
-@COMMANDS.inline("DECRBY", arity=3, summary="Decrement the integer value of a key.", since="1.0.0", **_KEYSPACE)
+@COMMANDS.inline("DECRBY", arity=3, summary="Decrement the integer value of a key.", since="1.0.0", **_GROWS_FAST)
 def decrby(ctx: CommandContext, args: list[bytes]) -> object:
     delta = parse_int(args[2])
     if delta == -(2**63):
@@ -461,7 +464,7 @@ def dbsize(ctx: CommandContext, args: list[bytes]) -> object:
 def flushdb(ctx: CommandContext, args: list[bytes]) -> object:
     if len(args) > 2 or (len(args) == 2 and _upper(args[1]) not in (b"ASYNC", b"SYNC")):
         raise CommandError(_SYNTAX)
-    ctx.server.keyspace.flush()
+    ctx.server.memory.released(ctx.server.keyspace.flush())  # give the freed heap back to the OS
     return OK
 
 

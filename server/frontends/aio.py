@@ -37,7 +37,7 @@ from server.errors import StartupError
 from server.frontends import tls
 from server.frontends.lifecycle import ServerBase, SignalPolicy
 from server.limits.constants import EXPIRE_SWEEP_INTERVAL, LISTEN_BACKLOG, READ_CHUNK_SIZE, WRITE_BUFFER_HIGH_WATER
-from server.limits.resources import RateLimitedLog, clients_cron_interval, descriptors_exhausted, return_freed_memory
+from server.limits.resources import RateLimitedLog, clients_cron_interval, descriptors_exhausted
 from server.protocol import encode_reply
 from server.store.state import format_address
 
@@ -211,9 +211,6 @@ class AsyncServer(ServerBase):
 
     def _clients_cron(self) -> None:
         """Close clients past a deadline; say so when descriptors ran out (uvloop drops new connections silently)."""
-        if self.state.trim_wanted:
-            self.state.trim_wanted = False
-            return_freed_memory()
         self._check_listeners()
         now = time.monotonic()
         for connection in list(self.connections):

@@ -35,7 +35,7 @@ from server.frontends.blocking import SocketTransport, ThreadConnection
 from server.frontends.lifecycle import ServerBase, SignalPolicy
 from server.frontends.pushes import PushDrainer
 from server.limits.constants import ACCEPT_RETRY_DELAY, EXPIRE_SWEEP_INTERVAL, LISTEN_BACKLOG
-from server.limits.resources import ACCEPT_RESOURCE_ERRNOS, RateLimitedLog, clients_cron_interval, return_freed_memory
+from server.limits.resources import ACCEPT_RESOURCE_ERRNOS, RateLimitedLog, clients_cron_interval
 from server.store.state import format_address
 
 log = structlog.get_logger("crossdock.threaded")
@@ -198,9 +198,6 @@ class ThreadedServer(ServerBase):
 
     def _clients_cron(self) -> None:
         """Close the clients that overran a deadline (idle, request, write): their socket is shut down."""
-        if self.state.trim_wanted:
-            self.state.trim_wanted = False
-            return_freed_memory()
         now = time.monotonic()
         with self._connections_lock:
             for core in self._connections.values():
