@@ -331,7 +331,7 @@ def test_freed_memory_is_trimmed_once_enough_has_been_freed(monkeypatch: pytest.
 
 @pytest.mark.parametrize("mode", ["async", "threaded"])
 def test_prometheus_reports_the_same_memory_figures_as_info(mode: str) -> None:
-    from tests.test_observability import _scrape
+    from tests.integration.test_observability import _scrape
 
     process = ServerProcess(
         mode, "inline", ["--metrics-port", "0", "--maxmemory", "2mb", "--maxmemory-policy", "allkeys-random"]
