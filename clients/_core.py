@@ -1,6 +1,6 @@
-"""What the sync client, the asyncio client and the CLI share: defaults, the reply parser, reply checks.
+"""What the sync client, the asyncio client and the CLI share: defaults, the handshake, reply checks, messages.
 
-No I/O here. RESP2 itself (encoding requests, parsing replies) lives in
+No I/O here. RESP itself (encoding requests, parsing replies) lives in
 :mod:`server.protocol`, the sans-IO core the servers use too; the clients
 never parse RESP on their own.
 """
@@ -8,6 +8,7 @@ never parse RESP on their own.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Any, Final
 
 from clients.errors import ReplyError
@@ -107,3 +108,91 @@ def auth_payload(username: str | None, password: str | None) -> bytes | None:
     if username is None:
         return encode_command("AUTH", password)
     return encode_command("AUTH", username, password)
+
+
+#: The protocol a client asks for with ``HELLO`` when not told otherwise: RESP3, as the clients of 2026 do
+#: (redis-py 8, node-redis 6, go-redis 9). A server that refuses HELLO 3 gets RESP2 instead, without a warning.
+DEFAULT_PROTOCOL: Final = 3
+PROTOCOLS: Final = (2, 3)
+
+
+def check_protocol(protocol: int) -> int:
+    """Error handling: anything but 2 or 3 raises :class:`ValueError` before connecting."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be 2 or 3, not {protocol!r}")
+    return protocol
+
+
+def hello_payload(username: str | None, password: str | None) -> bytes:
+    """``HELLO 3``, with ``AUTH`` in it when a password is given (one round trip, as redis-py does)."""
+    if password is None:
+        if username is not None:
+            raise ValueError("a username needs a password")
+        return encode_command("HELLO", 3)
+    return encode_command("HELLO", 3, "AUTH", username or "default", password)
+
+
+def hello_refused(reply: Any) -> bool:
+    """Whether a HELLO 3 error leaves the connection usable in RESP2, so the client goes on with RESP2.
+
+    NOPROTO or an unknown HELLO (Redis < 6): the server speaks RESP2 only.
+    NOAUTH: a password is required and none was given; the connection stays
+    open (and RESP2), its commands answer NOAUTH until an AUTH, as with any
+    client that connects without credentials. Any other error (WRONGPASS...)
+    is a real failure and is raised.
+    """
+    if not isinstance(reply, ErrorReply):
+        return False
+    return reply.code in ("NOPROTO", "NOAUTH") or (reply.code == "ERR" and "unknown command" in reply)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One pub/sub event: a message (``kind`` ``message`` / ``pmessage``) or a (un)subscribe confirmation.
+
+    ``channel`` is the channel (or the pattern, for ``psubscribe``/``punsubscribe``),
+    ``pattern`` the matching pattern of a ``pmessage``, ``data`` the payload of a
+    message or the subscription count of a confirmation.
+    """
+
+    kind: str
+    channel: bytes | str | None
+    data: Any
+    pattern: bytes | str | None = None
+
+
+#: Commands whose replies are pub/sub events, not one reply: sent by the clients' subscribe methods only.
+SUBSCRIPTION_COMMANDS: Final = frozenset(
+    {"SUBSCRIBE", "PSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE"}
+)
+
+
+def refuse_subscription(args: tuple[object, ...]) -> None:
+    """Error handling: a (un)subscribe command through ``execute`` raises ValueError before anything is sent.
+
+    Its confirmations are one per channel (pushes in RESP3, no reply at all),
+    so ``execute`` would wait for a reply that never comes or desynchronise
+    the connection.
+    """
+    name = args[0] if args else None
+    if isinstance(name, bytes):
+        name = name.decode(errors="replace")
+    if isinstance(name, str) and name.upper() in SUBSCRIPTION_COMMANDS:
+        raise ValueError(f"use the client's {name.lower()}() method, not execute({name!r}, ...)")
+
+
+#: The kinds of pub/sub event a subscription command is confirmed with.
+CONFIRMATIONS: Final = frozenset({"subscribe", "unsubscribe", "psubscribe", "punsubscribe"})
+
+
+def as_message(value: Any) -> Message | None:
+    """A pub/sub event from a push (RESP3) or array (RESP2 subscribed mode) reply; None if it is not one."""
+    if not isinstance(value, list) or len(value) not in (3, 4):
+        return None
+    head = value[0]
+    kind = head.decode(errors="replace") if isinstance(head, bytes) else str(head)
+    if kind == "pmessage" and len(value) == 4:
+        return Message(kind, value[2], value[3], pattern=value[1])
+    if len(value) == 3 and (kind == "message" or kind in CONFIRMATIONS):
+        return Message(kind, value[1], value[2])
+    return None

@@ -1,4 +1,4 @@
-"""An asyncio RESP2 client: one TCP connection shared safely by any number of tasks.
+"""An asyncio RESP3/RESP2 client: one TCP connection shared safely by any number of tasks.
 
 ::
 
@@ -37,6 +37,16 @@ Error handling
     :class:`~clients.errors.ConnectionLostError` and the client stays closed
     (make a new one, or let :class:`clients.pool.AsyncClientPool` do it).
 
+Protocol and pub/sub
+    As :class:`clients.Client`: ``protocol=3`` (the default) opens with
+    ``HELLO 3`` and falls back to RESP2 when the server refuses it. Pub/sub
+    needs RESP3, where messages are pushes the connection tells apart from
+    replies, so subscribing never stops other tasks' commands::
+
+        await c.subscribe("news")
+        async for message in c.messages():   # Message(kind, channel, data, pattern)
+            ...
+
 The client works on whatever event loop runs it (asyncio's or uvloop's).
 """
 
@@ -44,21 +54,29 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Final, cast
 
 from clients._core import (
+    CONFIRMATIONS,
     DEFAULT,
     DEFAULT_COMMAND_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_PORT,
+    DEFAULT_PROTOCOL,
+    Message,
     TimeoutArg,
+    as_message,
     as_result,
     auth_payload,
+    check_protocol,
     check_reply,
+    hello_payload,
+    hello_refused,
     make_parser,
+    refuse_subscription,
     resolve_timeout,
 )
 from clients.errors import (
@@ -69,6 +87,7 @@ from clients.errors import (
 )
 from clients.tls import TlsOptions, resolve_tls
 from server.protocol import NOT_ENOUGH_DATA, ReplyParser, encode_command
+from server.protocol.reply import PushReply
 
 #: Seconds :meth:`AsyncClient.close` waits for the transport to report the
 #: connection closed. Closing a socket is local and immediate; the wait only
@@ -82,6 +101,29 @@ CLOSE_TIMEOUT: Final = 1.0
 WRITE_HIGH_WATER: Final = 64 * 1024
 
 
+class _Confirmation:
+    """A (un)subscribe command's slot in the reply queue: answered by its confirmations (pushes), or an error.
+
+    In RESP3 a successful (un)subscribe has no ordinary reply, only one push
+    per channel; the slot keeps its place in wire order, so an error reply
+    to it is never taken for the next command's reply.
+    """
+
+    __slots__ = ("count", "future", "kind", "remaining")
+
+    def __init__(self, future: asyncio.Future[Any], kind: str, expected: int) -> None:
+        self.future = future
+        self.kind = kind
+        self.remaining = expected
+        self.count: Any = 0
+
+    def confirmed(self, message: Message) -> None:
+        self.remaining -= 1
+        self.count = message.data
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(self.count)
+
+
 class _ReplyProtocol(asyncio.Protocol):
     """The connection: a FIFO of waiting futures, a write buffer, the reply parser."""
 
@@ -90,12 +132,14 @@ class _ReplyProtocol(asyncio.Protocol):
         self._parser = parser
         self.transport: asyncio.Transport | None = None
         #: One future per request written, in wire order; cancelled ones stay until their reply is dropped.
-        self.pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.pending: collections.deque[asyncio.Future[Any] | _Confirmation] = collections.deque()
         self._wbuf: list[bytes] = []
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self.lost: ClientConnectionError | None = None
         self.closed_future: asyncio.Future[None] = loop.create_future()
+        #: RESP3 pub/sub messages, in arrival order (None once the connection is lost).
+        self.messages: asyncio.Queue[Message | None] = asyncio.Queue()
 
     # -- asyncio.Protocol callbacks --------------------------------------
 
@@ -116,12 +160,31 @@ class _ReplyProtocol(asyncio.Protocol):
                 return
             if reply is NOT_ENOUGH_DATA:
                 return
+            if reply.__class__ is PushReply:  # out of band: a message, or a (un)subscribe confirmation
+                self._pushed(reply)
+                continue
             if not pending:
                 self.abort(ConnectionLostError(f"the server sent a reply nobody asked for: {reply!r}"))
                 return
-            future = pending.popleft()
+            head = pending.popleft()
+            # A subscription's slot answered by an ordinary reply: the command failed (an error reply).
+            future = head.future if isinstance(head, _Confirmation) else head
             if not future.done():  # a cancelled caller's reply is dropped here
                 future.set_result(reply)
+
+    def _pushed(self, reply: PushReply) -> None:
+        """A push: a confirmation counts down the subscription command at the head of the queue."""
+        message = as_message(reply)
+        if message is None:
+            return
+        if message.kind not in CONFIRMATIONS:
+            self.messages.put_nowait(message)
+            return
+        head = self.pending[0] if self.pending else None
+        if isinstance(head, _Confirmation) and head.kind == message.kind:
+            head.confirmed(message)
+            if head.remaining == 0:
+                self.pending.popleft()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.lost is None:
@@ -143,7 +206,7 @@ class _ReplyProtocol(asyncio.Protocol):
 
     # -- used by the client ----------------------------------------------
 
-    def send(self, payload: bytes, futures: list[asyncio.Future[Any]]) -> None:
+    def send(self, payload: bytes, futures: list[asyncio.Future[Any]] | list[_Confirmation]) -> None:
         """Queue ``futures`` and their requests in one synchronous step; the write happens this loop turn."""
         self.pending.extend(futures)
         if not self._wbuf:
@@ -184,8 +247,10 @@ class _ReplyProtocol(asyncio.Protocol):
             self.transport.close()
 
     def _fail_all(self, error: ClientConnectionError) -> None:
+        self.messages.put_nowait(None)  # ends messages() iterators
         pending, self.pending = self.pending, collections.deque()
-        for future in pending:
+        for head in pending:
+            future = head.future if isinstance(head, _Confirmation) else head
             if not future.done():
                 # A fresh instance per caller: one exception object raised in many tasks
                 # would collect every task's traceback.
@@ -219,6 +284,7 @@ class AsyncClient:
         password: str | None = None,
         core: str | None = None,
         tls: TlsOptions | bool | None = None,
+        protocol: int = DEFAULT_PROTOCOL,
     ) -> None:
         self.host = host
         self.tls = resolve_tls(tls)
@@ -226,7 +292,12 @@ class AsyncClient:
         self.timeout = resolve_timeout(timeout, None)
         self.connect_timeout = connect_timeout
         self.decode = decode
+        #: The protocol in use: 3 after a successful HELLO 3, else 2.
+        self.protocol = check_protocol(protocol)
         self._auth = auth_payload(username, password)
+        self._hello = hello_payload(username, password) if protocol == 3 else None
+        #: What this client subscribed to, so "unsubscribe from all" knows how many confirmations to await.
+        self._subscribed: dict[str, set[object]] = {"subscribe": set(), "psubscribe": set()}
         self._core = core
         self._protocol: _ReplyProtocol | None = None
         self._closed = False
@@ -260,12 +331,20 @@ class AsyncClient:
         except OSError as exc:
             raise ConnectFailedError(f"could not connect to {self.host}:{self.port}: {exc}") from exc
         self._protocol = protocol
-        if self._auth is not None:
-            try:
-                check_reply(await self._send(self._auth, self.connect_timeout))
-            except BaseException:
-                await self.close()
-                raise
+        try:
+            auth = self._auth
+            if self._hello is not None:
+                reply = await self._send(self._hello, self.connect_timeout)
+                if hello_refused(reply):
+                    self.protocol = 2
+                else:
+                    check_reply(reply)
+                    auth = None  # HELLO carried it
+            if auth is not None:
+                check_reply(await self._send(auth, self.connect_timeout))
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def close(self) -> None:
@@ -326,6 +405,7 @@ class AsyncClient:
         :class:`TypeError` for an argument that cannot be sent, before
         anything is sent.
         """
+        refuse_subscription(args)
         payload = encode_command(*args)
         return check_reply(await self._send(payload, resolve_timeout(timeout, self.timeout)))
 
@@ -337,6 +417,67 @@ class AsyncClient:
             return self, resolved
 
         return AsyncPipeline(this_connection)
+
+    # -- pub/sub (RESP3) ---------------------------------------------------
+
+    async def subscribe(self, *channels: object, timeout: TimeoutArg = DEFAULT) -> int:
+        """SUBSCRIBE; return the subscription count once the server confirmed every channel."""
+        return await self._subscription("SUBSCRIBE", channels, timeout)
+
+    async def psubscribe(self, *patterns: object, timeout: TimeoutArg = DEFAULT) -> int:
+        """PSUBSCRIBE; return the subscription count once the server confirmed every pattern."""
+        return await self._subscription("PSUBSCRIBE", patterns, timeout)
+
+    async def unsubscribe(self, *channels: object, timeout: TimeoutArg = DEFAULT) -> int:
+        """UNSUBSCRIBE (all channels without arguments); return the subscriptions left."""
+        return await self._subscription("UNSUBSCRIBE", channels, timeout)
+
+    async def punsubscribe(self, *patterns: object, timeout: TimeoutArg = DEFAULT) -> int:
+        """PUNSUBSCRIBE (all patterns without arguments); return the subscriptions left."""
+        return await self._subscription("PUNSUBSCRIBE", patterns, timeout)
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Every published message (``message``/``pmessage``) as it arrives; ends when the connection does."""
+        queue = self._ready_protocol().messages
+        while (message := await queue.get()) is not None:
+            yield message
+        queue.put_nowait(None)  # for any other iterator
+
+    async def _subscription(self, command: str, names: tuple[object, ...], timeout: TimeoutArg) -> int:
+        """Send a (un)subscribe command; return the subscription count once every confirmation arrived.
+
+        Error handling: :class:`RuntimeError` on a RESP2 connection; the
+        server's error reply as :class:`~clients.errors.ReplyError`; a
+        timeout as :class:`~clients.errors.ClientTimeoutError` (the slot is
+        kept until the confirmations come, as for any late reply).
+        """
+        if self.protocol != 3:
+            raise RuntimeError("the asyncio client's pub/sub needs RESP3 (protocol=3); use clients.Client on RESP2")
+        kind = command.lower()
+        family = self._subscribed["psubscribe" if kind in ("psubscribe", "punsubscribe") else "subscribe"]
+        # "From all" is confirmed once per subscription, or once when there is none.
+        expected = len(names) or max(1, len(family))
+        protocol = self._ready_protocol()
+        if protocol._write_paused:
+            await protocol.wait_writable()
+            protocol = self._ready_protocol()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        protocol.send(encode_command(command, *names), [_Confirmation(future, kind, expected)])
+        wait = resolve_timeout(timeout, self.timeout)
+        try:
+            async with asyncio.timeout(wait):
+                count = check_reply(await future)
+        except TimeoutError:
+            raise ClientTimeoutError(f"{command} not confirmed within {wait} s") from None
+        finally:
+            _release([future])
+        if not kind.endswith("unsubscribe"):
+            family.update(names)
+        elif names:
+            family.difference_update(names)
+        else:
+            family.clear()
+        return int(count)
 
     def _ready_protocol(self) -> _ReplyProtocol:
         protocol = self._protocol

@@ -12,7 +12,9 @@ Conventions taken from redis-cli, so habits and scripts carry over:
 
 * ``-h host``, ``-p port``, ``-a password`` (or ``CROSSDOCK_CLI_AUTH`` in the
   environment, which ``ps`` does not show), ``--user``, ``-t`` connect
-  timeout, ``--raw`` / ``--no-raw``;
+  timeout, ``--raw`` / ``--no-raw``, ``-2`` / ``-3`` (the protocol: RESP2 by
+  default, as redis-cli; ``-3`` sends ``HELLO 3`` and prints maps, sets,
+  doubles and booleans as ``redis-cli -3`` does);
 * replies printed as redis-cli prints them (:mod:`clients.display`): the
   standard form on a terminal, the raw form when stdout is not one;
 * a typed line is split into words as redis-cli splits it: spaces separate,
@@ -129,6 +131,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tls.add_argument("--cert", default=None, metavar="FILE", help="client certificate (for a server with --tls-ca)")
     tls.add_argument("--key", default=None, metavar="FILE", help="private key of --cert")
     tls.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
+    protocol = connection.add_mutually_exclusive_group()
+    protocol.add_argument(
+        "-2", dest="protocol", action="store_const", const=2, default=2, help="RESP2 (the default, as redis-cli)"
+    )
+    protocol.add_argument("-3", dest="protocol", action="store_const", const=3, help="RESP3: start with HELLO 3")
     output = parser.add_argument_group("output")
     raw = output.add_mutually_exclusive_group()
     raw.add_argument("--raw", action="store_true", help="raw replies, even on a terminal")
@@ -147,8 +154,12 @@ class _Output:
         self.stdout = stdout
         self.stderr = stderr
 
-    def reply(self, reply: Any) -> None:
-        if self.raw:
+    def reply(self, reply: Any, verbatim: bool = False) -> None:
+        if verbatim:  # redis-cli's output_raw: the text as it is, no newline added, whatever the mode
+            self.stdout.flush()
+            self.stdout.buffer.write(format_raw(reply))
+            self.stdout.buffer.flush()
+        elif self.raw:
             self.stdout.flush()
             self.stdout.buffer.write(format_raw(reply) + b"\n")
             self.stdout.buffer.flush()
@@ -205,6 +216,7 @@ class _Session:
         self.user: str | None = args.user
         self.connect_timeout: float = args.connect_timeout
         self.tls = tls_options(args)
+        self.protocol: int = args.protocol
         self.out = out
         self.client: Any = None
 
@@ -215,7 +227,7 @@ class _Session:
         try:
             self.client = self._client_class(
                 self.host, self.port, connect_timeout=self.connect_timeout,
-                username=self.user, password=self.password, tls=self.tls,
+                username=self.user, password=self.password, tls=self.tls, protocol=self.protocol,
             )  # fmt: skip
         except ReplyError as exc:
             self.out.problem(f"AUTH failed: {exc}")
@@ -235,6 +247,18 @@ class _Session:
         """
         if not self.connect():
             return False
+        if words and words[0].upper() in (b"SUBSCRIBE", b"PSUBSCRIBE"):
+            return self._listen(words)
+        if words and words[0].upper() in (b"UNSUBSCRIBE", b"PUNSUBSCRIBE"):  # outside subscribed mode: as redis-cli
+            method = self.client.unsubscribe if words[0].upper() == b"UNSUBSCRIBE" else self.client.punsubscribe
+            try:
+                method(*words[1:])
+            except ReplyError as exc:
+                self.out.error_reply(exc, errors_to_stderr)
+                return False
+            for confirmation in self.client.confirmations:
+                self.out.reply([confirmation.kind.encode(), confirmation.channel, confirmation.data])
+            return True
         try:
             reply = self.client.execute(*words)
         except ReplyError as exc:
@@ -247,7 +271,34 @@ class _Session:
         except KeyboardInterrupt:
             self.close()
             raise
-        self.out.reply(reply)
+        self.out.reply(reply, verbatim=_prints_verbatim(words))
+        return True
+
+    def _listen(self, words: Sequence[bytes]) -> bool:
+        """(P)SUBSCRIBE as redis-cli runs it: print each confirmation, then every message, until Ctrl-C."""
+        client = self.client
+        if not self.out.raw:
+            self.out.stdout.write("Reading messages... (press Ctrl-C to quit)\n")
+        try:
+            subscribe = client.subscribe if words[0].upper() == b"SUBSCRIBE" else client.psubscribe
+            subscribe(*words[1:])
+            for confirmation in client.confirmations:
+                self.out.reply([confirmation.kind.encode(), confirmation.channel, confirmation.data])
+            for message in client.listen():
+                if message.kind == "pmessage":
+                    self.out.reply([b"pmessage", message.pattern, message.channel, message.data])
+                else:
+                    self.out.reply([message.kind.encode(), message.channel, message.data])
+        except ReplyError as exc:
+            self.out.error_reply(exc, True)
+            return False
+        except ConnectionLostError as exc:
+            self.out.problem(f"Error: {_reason(exc)}")
+            self.close()
+            return False
+        except KeyboardInterrupt:
+            self.close()  # the connection is in subscribed mode: a fresh one serves the next command
+            raise
         return True
 
     def command_names(self) -> list[str]:
@@ -275,6 +326,13 @@ class _Session:
         if self.client is not None:
             self.client.close()
             self.client = None
+
+
+def _prints_verbatim(words: Sequence[bytes]) -> bool:
+    """redis-cli prints these commands' replies raw in every mode (its ``output_raw`` list, for our commands)."""
+    name = words[0].lower() if words else b""
+    sub = words[1].lower() if len(words) > 1 else b""
+    return name == b"info" or (name == b"client" and sub in (b"list", b"info"))
 
 
 def _text(value: bytes | str) -> str:

@@ -1,4 +1,4 @@
-"""A blocking RESP2 client: one TCP connection, one command (or one pipeline) at a time.
+"""A blocking RESP3/RESP2 client: one TCP connection, one command (or one pipeline) at a time.
 
 ::
 
@@ -14,6 +14,25 @@
 
 Requests are encoded and replies parsed by the sans-IO core in
 :mod:`server.protocol`; this module only moves bytes.
+
+Protocol
+    ``protocol=3`` (the default) opens with ``HELLO 3`` (AUTH inside it) and
+    falls back to RESP2 (plain AUTH) when the server refuses HELLO 3;
+    :attr:`Client.protocol` says which one is in use. ``protocol=2`` never
+    sends HELLO. RESP3 replies arrive as maps (``dict``), sets, doubles,
+    booleans (see :mod:`server.protocol.reply_parser`).
+
+Pub/sub
+    ::
+
+        c.subscribe("news")                  # returns once the server confirmed
+        c.psubscribe("alerts.*")
+        message = c.get_message(timeout=1)   # Message(kind="message", channel=b"news", data=b"...") or None
+        for message in c.listen(): ...       # blocks for each message
+
+    In RESP3 messages are pushes, so the connection still runs commands
+    between them; in RESP2 the server allows only the (un)subscribe
+    commands, PING and QUIT until the last subscription is gone.
 
 Timeouts and interruption
     A call that times out (or is interrupted by ``KeyboardInterrupt`` or any
@@ -37,11 +56,13 @@ Thread safety
 
 from __future__ import annotations
 
+import collections
 import selectors
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Final
 
@@ -51,21 +72,30 @@ from clients._core import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_PORT,
+    DEFAULT_PROTOCOL,
     READ_CHUNK_SIZE,
+    Message,
     TimeoutArg,
+    as_message,
     as_result,
     auth_payload,
+    check_protocol,
     check_reply,
+    hello_payload,
+    hello_refused,
     make_parser,
+    refuse_subscription,
     resolve_timeout,
 )
 from clients.errors import (
     ClientTimeoutError,
     ConnectFailedError,
     ConnectionLostError,
+    ReplyError,
 )
 from clients.tls import TlsOptions, resolve_tls
-from server.protocol import NOT_ENOUGH_DATA, encode_command
+from server.protocol import NOT_ENOUGH_DATA, ErrorReply, encode_command
+from server.protocol.reply import PushReply
 
 _READ: Final = selectors.EVENT_READ
 _WRITE: Final = selectors.EVENT_WRITE
@@ -83,6 +113,8 @@ class Client:
     ``tls``: ``True`` or a
     :class:`~clients.tls.TlsOptions` (redis-cli's ``--tls --cacert --cert
     --key --sni --insecure``) to speak TLS; the handshake is part of the connect.
+    ``protocol``: 3 (RESP3, falling back to 2 when the server refuses it)
+    or 2; see the module docstring.
 
     Error handling: the constructor connects, and raises
     :class:`~clients.errors.ConnectFailedError` (refused, unreachable),
@@ -103,12 +135,21 @@ class Client:
         password: str | None = None,
         core: str | None = None,
         tls: TlsOptions | bool | None = None,
+        protocol: int = DEFAULT_PROTOCOL,
     ) -> None:
         self.host = host
         self.tls = resolve_tls(tls)
         self.port = port
         self.timeout = resolve_timeout(timeout, None)
         self.decode = decode
+        #: The protocol in use: 3 after a successful HELLO 3, else 2.
+        self.protocol = check_protocol(protocol)
+        #: Pushes (RESP3) read while waiting for a reply, and pub/sub messages read while waiting for a
+        #: confirmation: handed out by get_message, oldest first.
+        self._pushes: collections.deque[Any] = collections.deque()
+        self._subscribed: dict[str, set[Any]] = {"subscribe": set(), "psubscribe": set()}
+        #: The confirmations of the last (un)subscribe call, one per channel or pattern, in order.
+        self.confirmations: list[Message] = []
         self._lock = threading.Lock()
         self._parser = make_parser(decode, core)
         #: Replies still to arrive for calls that gave up waiting (timeout, interrupt); read and dropped.
@@ -118,13 +159,21 @@ class Client:
         self._selector: selectors.BaseSelector | None = None
         self._events = 0
         auth = auth_payload(username, password)
+        hello = hello_payload(username, password) if self.protocol == 3 else None
         self._connect(connect_timeout)
-        if auth is not None:
-            try:
+        try:
+            if hello is not None:
+                reply = self._transact(hello, 1, connect_timeout)[0]
+                if hello_refused(reply):
+                    self.protocol = 2
+                else:
+                    check_reply(reply)
+                    auth = None  # HELLO carried it
+            if auth is not None:
                 check_reply(self._transact(auth, 1, connect_timeout)[0])
-            except BaseException:
-                self.close()
-                raise
+        except BaseException:
+            self.close()
+            raise
 
     # -- lifecycle -------------------------------------------------------
 
@@ -216,6 +265,7 @@ class Client:
         closed or breaks; :class:`TypeError` for an argument that cannot be
         sent, before anything is sent.
         """
+        refuse_subscription(args)
         payload = encode_command(*args)
         return check_reply(self._transact(payload, 1, resolve_timeout(timeout, self.timeout))[0])
 
@@ -225,8 +275,12 @@ class Client:
 
     # -- the I/O loop ----------------------------------------------------
 
-    def _transact(self, payload: bytes, count: int, timeout: float | None) -> list[Any]:
+    def _transact(self, payload: bytes, count: int, timeout: float | None, *, raw: bool = False) -> list[Any]:
         """Write ``payload`` (``count`` requests) and return the ``count`` replies, in order.
+
+        RESP3 pushes read meanwhile are kept for :meth:`get_message`, not
+        counted as replies; with ``raw`` every value counts, pushes included,
+        and a timeout leaves nothing owed (pub/sub reads: nothing was asked).
 
         Writes and reads interleave (a selector waits for whichever the
         socket allows), so a pipeline far bigger than the socket buffers
@@ -256,7 +310,9 @@ class Client:
                             raise self._lost(f"unparseable reply from the server: {exc}") from exc
                         if reply is NOT_ENOUGH_DATA:
                             break
-                        if self._stale:
+                        if reply.__class__ is PushReply and not raw:
+                            self._pushes.append(reply)
+                        elif self._stale:
                             self._stale -= 1
                         else:
                             replies.append(reply)
@@ -295,11 +351,87 @@ class Client:
                 if self._sock is not None:
                     if sent < total:
                         self._shutdown("the connection was closed because a request was only partly sent")
-                    else:
+                    elif not raw:
                         self._stale += count - len(replies)
                 if isinstance(exc, TimeoutError) and not isinstance(exc, ClientTimeoutError):
                     raise ClientTimeoutError(f"no reply within {timeout} s") from None
                 raise
+
+    # -- pub/sub ---------------------------------------------------------
+
+    def subscribe(self, *channels: object, timeout: TimeoutArg = DEFAULT) -> int:
+        """SUBSCRIBE; return the subscription count once the server confirmed every channel."""
+        return self._subscription("SUBSCRIBE", channels, timeout)
+
+    def psubscribe(self, *patterns: object, timeout: TimeoutArg = DEFAULT) -> int:
+        """PSUBSCRIBE; return the subscription count once the server confirmed every pattern."""
+        return self._subscription("PSUBSCRIBE", patterns, timeout)
+
+    def unsubscribe(self, *channels: object, timeout: TimeoutArg = DEFAULT) -> int:
+        """UNSUBSCRIBE (from all channels without arguments); return the subscriptions left."""
+        return self._subscription("UNSUBSCRIBE", channels, timeout)
+
+    def punsubscribe(self, *patterns: object, timeout: TimeoutArg = DEFAULT) -> int:
+        """PUNSUBSCRIBE (from all patterns without arguments); return the subscriptions left."""
+        return self._subscription("PUNSUBSCRIBE", patterns, timeout)
+
+    def get_message(self, timeout: float | None = None) -> Message | None:
+        """The next published message (``message`` or ``pmessage``), or None after ``timeout`` seconds.
+
+        ``timeout=None`` waits for as long as it takes, ``0`` only takes what already arrived.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                value = self._next_event(remaining)
+            except ClientTimeoutError:
+                return None
+            message = as_message(value)
+            if message is not None and message.kind in ("message", "pmessage"):
+                return message
+
+    def listen(self) -> Iterator[Message]:
+        """Every published message, as it arrives (blocks between them)."""
+        while True:
+            message = self.get_message(timeout=None)
+            if message is not None:
+                yield message
+
+    def _subscription(self, command: str, names: tuple[object, ...], timeout: TimeoutArg) -> int:
+        kind = command.lower()
+        wait = resolve_timeout(timeout, self.timeout)
+        family = self._subscribed["psubscribe" if "psub" in kind or "punsub" in kind else "subscribe"]
+        expected = len(names) or max(1, len(family))  # "from all" is confirmed once per subscription, or once
+        self._transact(encode_command(command, *names), 0, wait)
+        count = 0
+        self.confirmations = []
+        held: list[Any] = []  # messages that came before the confirmations: get_message hands them out
+        try:
+            for _ in range(expected):
+                while True:
+                    value = self._next_event(wait)
+                    if isinstance(value, ErrorReply):
+                        raise ReplyError(str(value))
+                    message = as_message(value)
+                    if message is not None and message.kind == kind:
+                        break
+                    held.append(value)
+                self.confirmations.append(message)
+                if kind.endswith("unsubscribe"):
+                    family.discard(message.channel)
+                else:
+                    family.add(message.channel)
+                count = message.data
+        finally:
+            self._pushes.extendleft(reversed(held))
+        return count
+
+    def _next_event(self, timeout: float | None) -> Any:
+        """The oldest push kept aside, else the next value the server sends (any kind)."""
+        if self._pushes:
+            return self._pushes.popleft()
+        return self._transact(b"", 1, timeout, raw=True)[0]
 
     def _wait(self, selector: selectors.BaseSelector, sock: socket.socket, events: int, deadline: float | None) -> int:
         """Block until ``sock`` is ready for ``events``; return the ready events.

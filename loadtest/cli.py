@@ -5,6 +5,7 @@ Examples::
     crossdock loadtest -p 7379 --connections 5000 --duration 20 --scenario ping
     crossdock loadtest -p 7379 --connections 200 --rate 20000 --scenario mix:ping=90,primes=10 --json out.json
     crossdock loadtest -p 7379 --connections 10000 --scenario hold
+    crossdock loadtest -p 7379 --scenario pubsub --subscribers 1000 --publishers 1 --rate 100 -d 10
 
 Exit status: 0 if the run saw no errors, 1 if it saw any (error replies,
 connection failures, lost or unsent requests, a crashed worker), 2 for bad
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument(
         "-s", "--scenario", default="ping",
         help="ping, echo, set, get, setget, primes, factor, pbkdf2, cpu[:NAME], mix:ping=90,primes=10, "
-        "hold, storm, responsiveness[:NAME] (default ping)",
+        "hold, storm, responsiveness[:NAME], pubsub (default ping)",
     )  # fmt: skip
     what.add_argument("--size", type=int, default=16, help="payload bytes for echo and set (default 16)")
     what.add_argument(
@@ -56,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "factor 1000000007, pbkdf2 5000; responsiveness primes 100000)",
     )  # fmt: skip
     what.add_argument("--keyspace", type=int, default=10_000, help="distinct keys for set/get (default 10000)")
+    pubsub = parser.add_argument_group("pubsub scenario (loadtest/pubsub.py)")
+    pubsub.add_argument("--subscribers", type=int, default=100, help="subscriber connections (default 100)")
+    pubsub.add_argument("--publishers", type=int, default=1, help="publisher connections (default 1)")
     load = parser.add_argument_group("how hard")
     load.add_argument("-c", "--connections", type=int, default=50, help="connections (default 50)")
     load.add_argument(
@@ -116,6 +120,8 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Run the load test; print progress, the final table and/or JSON; return the exit status."""
+    if args.scenario.strip().lower() == "pubsub":
+        return _run_pubsub(args)
     try:
         config = config_from_args(args)
     except ValueError as exc:
@@ -133,6 +139,39 @@ def run(args: argparse.Namespace) -> int:
     emit(report, args.json)
     if not json_to_stdout:
         Console().print(final_table(report))
+    return 0 if report["ok"] else 1
+
+
+def _run_pubsub(args: argparse.Namespace) -> int:
+    """The pubsub scenario: its own runner and report (a message fans out; it has no request deck)."""
+    from loadtest.pubsub import PubSubConfig, run_pubsub
+
+    try:
+        config = PubSubConfig(
+            host=args.host,
+            port=args.port,
+            subscribers=args.subscribers,
+            publishers=args.publishers,
+            rate=args.rate if args.rate is not None else 100.0,
+            duration=args.duration if args.duration is not None else DEFAULT_DURATION,
+            size=args.size if args.size >= 32 else 32,
+            processes=args.processes if args.processes is not None else default_processes(),
+            connect_timeout=args.connect_timeout,
+        )
+        config.validate()
+    except ValueError as exc:
+        print(f"crossdock loadtest: {exc}", file=sys.stderr)
+        return 2
+    report = run_pubsub(config)
+    emit(report, args.json)
+    if args.json != "-":
+        latency = report.get("latency_ms", {})
+        Console().print(
+            f"pubsub: {report.get('subscribers', 0)} subscribers, {report.get('published', 0)} published, "
+            f"{report.get('received', 0)} delivered ({report.get('delivered_per_second', 0)}/s), "
+            f"lost {report.get('lost', '?')}, latency p50 {latency.get('p50', '?')} ms "
+            f"p99 {latency.get('p99', '?')} ms" + (f", error: {report['error']}" if "error" in report else "")
+        )
     return 0 if report["ok"] else 1
 
 

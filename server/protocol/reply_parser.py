@@ -248,7 +248,7 @@ class ReplyParser:
                         continue
                     if kind == _PIPE:
                         continue  # an empty attribute: the value follows
-                    value = None if count == -1 else _aggregate(kind, [])
+                    value = None if count == -1 else [] if kind == _STAR else _aggregate(kind, [])
                 else:
                     value = _simple3(kind, bytes(buf[p + 1 : nl]))
                     p = nl + 2

@@ -125,6 +125,71 @@ def test_output_is_byte_for_byte_what_redis_cli_prints(redis_endpoint: Endpoint,
         assert ours.stdout == theirs.stdout, command
 
 
+#: RESP3's types, nested: maps (with a multi-line value), sets, verbatim text, doubles, booleans, nulls.
+PARITY_COMMANDS_RESP3: list[list[str]] = [
+    ["GET", "parity3:missing"],
+    ["MGET", "parity:k", "parity3:missing"],
+    ["CONFIG", "GET", "maxclients"],
+    ["CONFIG", "GET", "no-such-parameter"],
+    ["COMMAND", "INFO", "get", "no-such-command"],
+    ["COMMAND", "DOCS", "get"],
+    ["CLIENT", "GETNAME"],
+    ["INFO", "keyspace"],
+    ["EVAL", "redis.setresp(3); return {double=3.14}", "0"],
+    ["EVAL", "redis.setresp(3); return {double=-1/0}", "0"],
+    ["EVAL", "redis.setresp(3); return {true, false, {map={a={1, 2}, b='x'}}}", "0"],
+    ["EVAL", "redis.setresp(3); return {map={}}", "0"],
+    ["PUBSUB", "NUMSUB", "parity3:channel"],
+]
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")
+@pytest.mark.parametrize("mode", ["--raw", "--no-raw"])
+def test_resp3_output_is_byte_for_byte_what_redis_cli_3_prints(redis_endpoint: Endpoint, mode: str) -> None:
+    for command in PARITY_COMMANDS_RESP3:
+        ours = cli(redis_endpoint, "-3", mode, *command)
+        theirs = subprocess.run(
+            ["redis-cli", "-3", "-h", redis_endpoint.host, "-p", str(redis_endpoint.port), mode, *command],
+            capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False,
+        )  # fmt: skip
+        assert ours.returncode == 0, ours.stderr
+        assert ours.stdout == theirs.stdout, command
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")
+@pytest.mark.parametrize("options", [["--raw"], ["--no-raw"], ["-3", "--raw"], ["-3", "--no-raw"]])
+def test_subscribe_prints_messages_as_redis_cli_does(endpoint: Endpoint, options: list[str], tmp_path: Path) -> None:
+    """SUBSCRIBE keeps printing messages until Ctrl-C, as redis-cli does: the same bytes, side by side."""
+    channel = f"cli-sub:{endpoint.mode}:{'-'.join(options)}"
+    where = ["-h", endpoint.host, "-p", str(endpoint.port)]
+    commands = {
+        "ours": [sys.executable, "-m", "clients.cli", *where, *options],
+        "theirs": ["redis-cli", *where, *options],
+    }
+    outputs = {name: tmp_path / f"{name}.out" for name in commands}
+    procs = []
+    try:
+        for name, command in commands.items():
+            with outputs[name].open("wb") as sink:
+                procs.append(subprocess.Popen(
+                    [*command, "SUBSCRIBE", channel], stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT
+                ))  # fmt: skip
+        deadline = time.monotonic() + CLI_TIMEOUT
+        while cli(endpoint, "PUBSUB", "NUMSUB", channel).stdout.split() != [channel, "2"]:
+            assert time.monotonic() < deadline, "the two subscribers never both subscribed"
+            time.sleep(0.05)
+        assert cli(endpoint, "PUBLISH", channel, "hello").stdout.strip() == "2"
+        while not all(b"hello" in path.read_bytes() for path in outputs.values()):
+            assert time.monotonic() < deadline, {name: path.read_bytes() for name, path in outputs.items()}
+            time.sleep(0.05)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(CLI_TIMEOUT)
+    ours, theirs = (outputs[name].read_bytes() for name in ("ours", "theirs"))
+    assert ours.split(b"hello")[0] == theirs.split(b"hello")[0]
+
+
 class Pty:
     """The CLI on a pseudo-terminal, so it runs interactively (prompt, readline) as for a person."""
 
