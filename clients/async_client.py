@@ -462,10 +462,12 @@ class AsyncClient:
             raise ClientTimeoutError(f"{command} not confirmed within {wait} s") from None
         finally:
             _release([future])
+        # As the server names them (bytes), so "a" and b"a" are one subscription here as there.
+        keys = {encode_command(name).split(b"\r\n", 2)[2][:-2] for name in names}
         if not kind.endswith("unsubscribe"):
-            family.update(names)
+            family.update(keys)
         elif names:
-            family.difference_update(names)
+            family.difference_update(keys)
         else:
             family.clear()
         return int(count)

@@ -184,8 +184,9 @@ def test_async_pubsub_iterates_messages_while_commands_go_on(endpoint: tuple[str
             assert [(m.kind, m.data) for m in received] == [
                 ("message", b"a"), ("pmessage", b"a"), ("message", b"b"), ("pmessage", b"b"),
             ]  # fmt: skip
+            assert await sub.subscribe(b"own3a:other", "own3a:other") == 3  # one channel, twice: str or bytes
             assert await sub.unsubscribe() == 1 and await sub.punsubscribe() == 0
-            assert await sub.execute("PING") == "PONG"
+            assert await sub.execute("PING") == "PONG"  # every confirmation was awaited: replies still match
 
     asyncio.run(main())
 
