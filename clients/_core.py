@@ -167,6 +167,12 @@ SUBSCRIPTION_COMMANDS: Final = frozenset(
 )
 
 
+def resets_subscriptions(args: tuple[object, ...]) -> bool:
+    """Whether ``args`` is RESET, after which the server has forgotten this connection's subscriptions."""
+    name = args[0] if args else None
+    return isinstance(name, str | bytes) and name.upper() in ("RESET", b"RESET")
+
+
 def refuse_subscription(args: tuple[object, ...]) -> None:
     """Error handling: a (un)subscribe command through ``execute`` raises ValueError before anything is sent.
 

@@ -77,6 +77,7 @@ from clients._core import (
     hello_refused,
     make_parser,
     refuse_subscription,
+    resets_subscriptions,
     resolve_timeout,
 )
 from clients.errors import (
@@ -117,7 +118,8 @@ class _Confirmation:
         self.count: Any = 0
 
     def confirmed(self, message: Message) -> None:
-        self.remaining -= 1
+        # No channel: "from all" when there was nothing to leave, the only confirmation whatever was expected.
+        self.remaining = 0 if message.channel is None else self.remaining - 1
         self.count = message.data
         if self.remaining == 0 and not self.future.done():
             self.future.set_result(self.count)
@@ -398,7 +400,11 @@ class AsyncClient:
         """
         refuse_subscription(args)
         payload = encode_command(*args)
-        return check_reply(await self._send(payload, resolve_timeout(timeout, self.timeout)))
+        reply = check_reply(await self._send(payload, resolve_timeout(timeout, self.timeout)))
+        if resets_subscriptions(args):
+            for family in self._subscribed.values():
+                family.clear()
+        return reply
 
     def pipeline(self, *, timeout: TimeoutArg = DEFAULT) -> AsyncPipeline:
         """A batch of commands written at once; see :class:`AsyncPipeline`."""

@@ -207,3 +207,23 @@ def test_execute_refuses_subscription_commands(async_server: ServerProcess) -> N
             with pytest.raises(ValueError, match="method"):
                 client.execute(name, "x")
         assert client.execute("PING") == "PONG"  # nothing was sent
+
+
+def test_reset_forgets_subscriptions_on_both_sides(endpoint: tuple[str, int]) -> None:
+    """After RESET the server has no subscriptions: "unsubscribe from all" then waits for its one confirmation."""
+    host, port = endpoint
+
+    async def main() -> None:
+        async with AsyncClient(host, port, timeout=WAIT) as client:
+            await client.subscribe("own3r:a", "own3r:b")
+            assert await client.execute("RESET") == "RESET"
+            assert await client.execute("HELLO", 3) is not None  # RESET went back to RESP2
+            assert await client.unsubscribe() == 0
+            assert await client.execute("ECHO", "in step") == b"in step"
+
+    asyncio.run(main())
+    with Client(host, port, timeout=WAIT, protocol=2) as client:
+        client.subscribe("own3r:a", "own3r:b")
+        assert client.execute("RESET") == "RESET"
+        assert client.unsubscribe() == 0
+        assert client.execute("ECHO", "in step") == b"in step"
