@@ -76,6 +76,7 @@ from clients._core import (
     hello_payload,
     hello_refused,
     make_parser,
+    protocol_after,
     refuse_subscription,
     resets_subscriptions,
     resolve_timeout,
@@ -404,6 +405,7 @@ class AsyncClient:
         if resets_subscriptions(args):
             for family in self._subscribed.values():
                 family.clear()
+        self.protocol = protocol_after(args, reply, self.protocol)
         return reply
 
     def pipeline(self, *, timeout: TimeoutArg = DEFAULT) -> AsyncPipeline:

@@ -217,7 +217,11 @@ def test_reset_forgets_subscriptions_on_both_sides(endpoint: tuple[str, int]) ->
         async with AsyncClient(host, port, timeout=WAIT) as client:
             await client.subscribe("own3r:a", "own3r:b")
             assert await client.execute("RESET") == "RESET"
-            assert await client.execute("HELLO", 3) is not None  # RESET went back to RESP2
+            assert client.protocol == 2  # RESET went back to RESP2: pub/sub refused until HELLO 3
+            with pytest.raises(RuntimeError, match="needs RESP3"):
+                await client.unsubscribe()
+            await client.execute("HELLO", 3)
+            assert client.protocol == 3
             assert await client.unsubscribe() == 0
             assert await client.execute("ECHO", "in step") == b"in step"
 
