@@ -181,7 +181,7 @@ def protocol_after(args: tuple[object, ...], reply: Any, protocol: int) -> int:
     name = name.upper()
     if name in ("RESET", b"RESET"):
         return 2
-    if name in ("HELLO", b"HELLO"):
+    if name in ("HELLO", b"HELLO") and isinstance(reply, dict | list):
         fields = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=False))
         for key, value in fields.items():
             if key in ("proto", b"proto") and value in (2, 3):
