@@ -167,6 +167,28 @@ SUBSCRIPTION_COMMANDS: Final = frozenset(
 )
 
 
+def resets_subscriptions(args: tuple[object, ...]) -> bool:
+    """Whether ``args`` is RESET, after which the server has forgotten this connection's subscriptions."""
+    name = args[0] if args else None
+    return isinstance(name, str | bytes) and name.upper() in ("RESET", b"RESET")
+
+
+def protocol_after(args: tuple[object, ...], reply: Any, protocol: int) -> int:
+    """The connection's protocol after ``args`` answered ``reply``: HELLO says it (its ``proto``), RESET makes it 2."""
+    name = args[0] if args else None
+    if not isinstance(name, str | bytes):
+        return protocol
+    name = name.upper()
+    if name in ("RESET", b"RESET"):
+        return 2
+    if name in ("HELLO", b"HELLO") and isinstance(reply, dict | list):
+        fields = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=False))
+        for key, value in fields.items():
+            if key in ("proto", b"proto") and value in (2, 3):
+                return int(value)
+    return protocol
+
+
 def refuse_subscription(args: tuple[object, ...]) -> None:
     """Error handling: a (un)subscribe command through ``execute`` raises ValueError before anything is sent.
 

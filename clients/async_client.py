@@ -76,7 +76,9 @@ from clients._core import (
     hello_payload,
     hello_refused,
     make_parser,
+    protocol_after,
     refuse_subscription,
+    resets_subscriptions,
     resolve_timeout,
 )
 from clients.errors import (
@@ -118,7 +120,8 @@ class _Confirmation:
         self.count: Any = 0
 
     def confirmed(self, message: Message) -> None:
-        self.remaining -= 1
+        # No channel: "from all" when there was nothing to leave, the only confirmation whatever was expected.
+        self.remaining = 0 if message.channel is None else self.remaining - 1
         self.count = message.data
         if self.remaining == 0 and not self.future.done():
             self.future.set_result(self.count)
@@ -407,7 +410,12 @@ class AsyncClient:
         """
         refuse_subscription(args)
         payload = encode_command(*args)
-        return check_reply(await self._send(payload, resolve_timeout(timeout, self.timeout)))
+        reply = check_reply(await self._send(payload, resolve_timeout(timeout, self.timeout)))
+        if resets_subscriptions(args):
+            for family in self._subscribed.values():
+                family.clear()
+        self.protocol = protocol_after(args, reply, self.protocol)
+        return reply
 
     def pipeline(self, *, timeout: TimeoutArg = DEFAULT) -> AsyncPipeline:
         """A batch of commands written at once; see :class:`AsyncPipeline`."""
@@ -471,10 +479,12 @@ class AsyncClient:
             raise ClientTimeoutError(f"{command} not confirmed within {wait} s") from None
         finally:
             _release([future])
+        # As the server names them (bytes), so "a" and b"a" are one subscription here as there.
+        keys = {encode_command(name).split(b"\r\n", 2)[2][:-2] for name in names}
         if not kind.endswith("unsubscribe"):
-            family.update(names)
+            family.update(keys)
         elif names:
-            family.difference_update(names)
+            family.difference_update(keys)
         else:
             family.clear()
         return int(count)

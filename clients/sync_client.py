@@ -84,7 +84,9 @@ from clients._core import (
     hello_payload,
     hello_refused,
     make_parser,
+    protocol_after,
     refuse_subscription,
+    resets_subscriptions,
     resolve_timeout,
 )
 from clients.errors import (
@@ -267,7 +269,12 @@ class Client:
         """
         refuse_subscription(args)
         payload = encode_command(*args)
-        return check_reply(self._transact(payload, 1, resolve_timeout(timeout, self.timeout))[0])
+        reply = check_reply(self._transact(payload, 1, resolve_timeout(timeout, self.timeout))[0])
+        if resets_subscriptions(args):
+            for family in self._subscribed.values():
+                family.clear()
+        self.protocol = protocol_after(args, reply, self.protocol)
+        return reply
 
     def pipeline(self, *, timeout: TimeoutArg = DEFAULT) -> Pipeline:
         """A batch of commands sent in one write; see :class:`Pipeline`."""
@@ -418,6 +425,9 @@ class Client:
                         break
                     held.append(value)
                 self.confirmations.append(message)
+                if message.channel is None:  # "from all", and there was nothing: the only confirmation
+                    count = message.data
+                    break
                 if kind.endswith("unsubscribe"):
                     family.discard(message.channel)
                 else:

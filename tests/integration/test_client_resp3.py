@@ -184,8 +184,9 @@ def test_async_pubsub_iterates_messages_while_commands_go_on(endpoint: tuple[str
             assert [(m.kind, m.data) for m in received] == [
                 ("message", b"a"), ("pmessage", b"a"), ("message", b"b"), ("pmessage", b"b"),
             ]  # fmt: skip
+            assert await sub.subscribe(b"own3a:other", "own3a:other") == 3  # one channel, twice: str or bytes
             assert await sub.unsubscribe() == 1 and await sub.punsubscribe() == 0
-            assert await sub.execute("PING") == "PONG"
+            assert await sub.execute("PING") == "PONG"  # every confirmation was awaited: replies still match
 
     asyncio.run(main())
 
@@ -206,3 +207,27 @@ def test_execute_refuses_subscription_commands(async_server: ServerProcess) -> N
             with pytest.raises(ValueError, match="method"):
                 client.execute(name, "x")
         assert client.execute("PING") == "PONG"  # nothing was sent
+
+
+def test_reset_forgets_subscriptions_on_both_sides(endpoint: tuple[str, int]) -> None:
+    """After RESET the server has no subscriptions: "unsubscribe from all" then waits for its one confirmation."""
+    host, port = endpoint
+
+    async def main() -> None:
+        async with AsyncClient(host, port, timeout=WAIT) as client:
+            await client.subscribe("own3r:a", "own3r:b")
+            assert await client.execute("RESET") == "RESET"
+            assert client.protocol == 2  # RESET went back to RESP2: pub/sub refused until HELLO 3
+            with pytest.raises(RuntimeError, match="needs RESP3"):
+                await client.unsubscribe()
+            await client.execute("HELLO", 3)
+            assert client.protocol == 3
+            assert await client.unsubscribe() == 0
+            assert await client.execute("ECHO", "in step") == b"in step"
+
+    asyncio.run(main())
+    with Client(host, port, timeout=WAIT, protocol=2) as client:
+        client.subscribe("own3r:a", "own3r:b")
+        assert client.execute("RESET") == "RESET"
+        assert client.unsubscribe() == 0
+        assert client.execute("ECHO", "in step") == b"in step"
