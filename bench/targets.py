@@ -62,12 +62,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import resource
-import shutil
 import socket
 import statistics
 import subprocess
@@ -78,6 +75,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from loadtest import machine
 from loadtest.compare import plan_pinning
 from loadtest.config import FD_MARGIN, LoadConfig, ensure_open_files
 from loadtest.redisbench import label_of, run_redis_benchmark
@@ -862,59 +860,7 @@ def run_row(ctx: Context, row: Row) -> None:
 # -- the machine -----------------------------------------------------------------------------------
 
 
-def _first_line(command: list[str]) -> str:
-    if shutil.which(command[0]) is None:
-        return "not installed"
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unknown ({exc})"
-    return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr).strip() else "?"
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def describe_machine() -> dict[str, Any]:
-    """CPU model, cores, kernel, memory, Python, uvloop, redis and crossdock versions, load average."""
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    memory = "unknown"
-    with contextlib.suppress(OSError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    commit = "unknown"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = (
-            subprocess.run(
-                ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-            or "unknown"
-        )
-    redis = _first_line(["redis-server", "--version"])
-    return {
-        "cpu_model": model,
-        "cpus": os.cpu_count(),
-        "usable_cpus": sorted(os.sched_getaffinity(0)),
-        "kernel": platform.release(),
-        "platform": platform.platform(),
-        "memory": memory,
-        "python": platform.python_version(),
-        "uvloop": _version("uvloop"),
-        "redis_server": redis.split(" sha=")[0],
-        "redis_benchmark": _first_line(["redis-benchmark", "--version"]),
-        "crossdock": f"{_version('crossdock')} (commit {commit})",
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
+describe_machine = machine.describe_machine
 
 
 # -- output ----------------------------------------------------------------------------------------
