@@ -19,6 +19,9 @@ scaling         PRIMES throughput, async+pool vs async+inline, two clients   >= 
 responsiveness  PING probe p99 while PRIMES saturate the pool,               <= 2 ms and <= 0.2x
                 async+pool vs threaded+inline                                threaded+inline's p99
 overhead        PRIMES 10 through the pool vs inline, 1 and 50 connections   stated in microseconds
+roundtrip       PRIMES 10 through the pool at 1 connection (median round     <= 1.1x the bare executor's
+                trip) vs a bare ProcessPoolExecutor submit+result and a raw  (issue 12); the pipe's is
+                multiprocessing pipe round trip (bench/stdlib_roundtrip.py)  stated
 startup         ``crossdock serve --port 0`` spawned until the first PING    < 1 s
                 is answered (pool pre-warmed), vs redis-server
 ==============  ===========================================================  ==========================
@@ -104,6 +107,7 @@ ROWS: Final = (
     "scaling",
     "responsiveness",
     "overhead",
+    "roundtrip",
     "startup",
 )
 
@@ -166,6 +170,8 @@ class Scale:
     overhead_seconds: float
     #: Connection counts of the pool-overhead row (the brief's 1 and 50).
     overhead_connections: tuple[int, ...]
+    #: Calls timed per run of each stdlib round trip in the round-trip row (bench/stdlib_roundtrip.py).
+    roundtrip_calls: int
 
 
 FULL: Final = Scale(
@@ -183,6 +189,7 @@ FULL: Final = Scale(
     responsiveness_connections=8,
     overhead_seconds=3.0,
     overhead_connections=(1, 50),
+    roundtrip_calls=2000,
 )
 
 #: Tiny counts: every code path runs in a few seconds per row. Not the issue's settings.
@@ -201,6 +208,7 @@ QUICK: Final = Scale(
     responsiveness_connections=4,
     overhead_seconds=0.5,
     overhead_connections=(1, 50),
+    roundtrip_calls=200,
 )
 
 
@@ -668,6 +676,126 @@ def overhead_row(ctx: Context) -> Row:
     return Row("overhead", figures, (ours, theirs))
 
 
+def roundtrip_row(ctx: Context) -> Row:
+    """Issue 12's 1-connection round trip: PRIMES 10 through crossdock's pool beside the stdlib's floor.
+
+    crossdock's side keeps two servers, async+pool and async+inline, and measures both every run
+    (1 connection, closed loop): the round trip through the pool, and the pool's hop (through the
+    pool minus inline, the same run), which is what crossdock adds around its executor without the
+    TCP and RESP round trip that the stdlib side does not have. The stdlib side is
+    bench/stdlib_roundtrip.py in a fresh process pinned to the server's CPUs (its pool worker and
+    pipe child inherit them), so caller and worker share a core as crossdock's front end and pool
+    worker do. Every figure is a median round trip of one run; the table gives the median of runs.
+    """
+    seconds, calls = ctx.scale.overhead_seconds, ctx.scale.roundtrip_calls
+    command = loadtest_text("primes", 1, seconds, 10)
+    stdlib = f"bench/stdlib_roundtrip.py --calls {calls} --json"
+    setting = (
+        "crossdock: closed loop, 1 connection, generator on the generator CPUs, server and its one worker on the "
+        f"server CPUs; stdlib: `{stdlib}` pinned to the server CPUs, {calls} calls timed one by one after a "
+        "warm-up, forkserver as crossdock's pool; mean latency = difference of the mean round trips"
+    )
+    executor = "bare ProcessPoolExecutor submit+result"
+    figures = [
+        Figure(
+            key="roundtrip.executor",
+            row="roundtrip",
+            title="1-connection round trip (PRIMES 10 through the pool, end to end)",
+            command=command,
+            unit="us",
+            crossdock_side="async+pool",
+            baseline_side=executor,
+            target=Target("crossdock adds at most 10 % to the bare executor's round trip", ratio_at_most=1.1),
+            note=f"median round trip per run, client to client over TCP; {setting}",
+        ),
+        Figure(
+            key="roundtrip.hop",
+            row="roundtrip",
+            title="1-connection pool hop (PRIMES 10 through the pool minus inline, same run)",
+            command=command,
+            unit="us",
+            crossdock_side="async+pool minus async+inline",
+            baseline_side=executor,
+            target=Target("crossdock adds at most 10 % to the bare executor's round trip", ratio_at_most=1.1),
+            note="per run: median round trip through the pool minus the median inline round trip, measured "
+            "back to back, so the TCP and RESP round trip (which the bare executor does not have) cancels",
+        ),
+        Figure(
+            key="roundtrip.pipe",
+            row="roundtrip",
+            title="1-connection round trip against a raw pipe",
+            command=command,
+            unit="us",
+            crossdock_side="async+pool",
+            baseline_side="raw multiprocessing pipe send+recv",
+            target=Target("stated: the floor of any process hop"),
+            note="the same crossdock runs as the first row; the pipe child answers count_primes(10)",
+        ),
+    ]
+    inline_port: list[int] = []
+
+    @contextlib.contextmanager
+    def start_both() -> Iterator[RunningServer]:
+        with (
+            start_crossdock("async", "pool", ctx.workers, ctx.server_cpus) as pool,
+            start_crossdock("async", "inline", ctx.workers, ctx.server_cpus) as inline,
+        ):
+            inline_port[:] = [inline.port]
+            yield pool
+
+    def ours(server: RunningServer | None) -> list[Sample]:
+        assert server is not None
+        report, problems = loadtest(ctx, server.port, "primes", 1, seconds, 10)
+        inline, inline_problems = loadtest(ctx, inline_port[0], "primes", 1, seconds, 10)
+        pool_median, pool_mean = report["latency_ms"]["p50"] * 1000.0, report["latency_ms"]["mean"] * 1000.0
+        inline_median, inline_mean = inline["latency_ms"]["p50"] * 1000.0, inline["latency_ms"]["mean"] * 1000.0
+        both = {"pool": report, "inline": inline}
+        trouble = [*problems, *(f"inline: {p}" for p in inline_problems)]
+        return [
+            Sample("roundtrip.executor", pool_median, report, list(problems), {"mean_latency_us": pool_mean}),
+            Sample(
+                "roundtrip.hop",
+                pool_median - inline_median,
+                both,
+                trouble,
+                {"mean_latency_us": pool_mean - inline_mean, "inline_median_us": inline_median},
+            ),
+            Sample("roundtrip.pipe", pool_median, report, list(problems), {"mean_latency_us": pool_mean}),
+        ]
+
+    def theirs(_: RunningServer | None) -> list[Sample]:
+        argv = [sys.executable, str(ROOT / "bench" / "stdlib_roundtrip.py"), "--calls", str(calls), "--json"]
+        try:
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=START_TIMEOUT + calls,  # generous: a call is well under a millisecond
+                preexec_fn=(lambda: pin_to(ctx.server_cpus)) if ctx.server_cpus else None,
+            )
+            result = json.loads(done.stdout)
+        except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
+            return [Sample(f.key, None, {}, [f"{stdlib}: {exc}"]) for f in figures]
+        executor_median, executor_mean = result["executor"]["median_us"], result["executor"]["mean_us"]
+        return [
+            Sample("roundtrip.executor", executor_median, result, [], {"mean_latency_us": executor_mean}),
+            Sample("roundtrip.hop", executor_median, result, [], {"mean_latency_us": executor_mean}),
+            Sample(
+                "roundtrip.pipe",
+                result["pipe"]["median_us"],
+                result,
+                [],
+                {"mean_latency_us": result["pipe"]["mean_us"]},
+            ),
+        ]
+
+    sides = (
+        Side("async+pool and async+inline", start_both, ours),
+        Side("stdlib, pinned like the server", contextlib.nullcontext, theirs, fresh=True),
+    )
+    return Row("roundtrip", figures, sides)
+
+
 # -- start-up --------------------------------------------------------------------------------------
 
 
@@ -799,6 +927,8 @@ def build_row(ctx: Context, name: str) -> Row:
         return responsiveness_row(ctx)
     if name == "overhead":
         return overhead_row(ctx)
+    if name == "roundtrip":
+        return roundtrip_row(ctx)
     if name == "startup":
         return startup_row(ctx)
     raise ValueError(f"unknown row {name!r}")
@@ -877,6 +1007,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:,.0f} B"
     if unit == "s":
         return f"{value:.3f} s"
+    if unit == "us":
+        return f"{value:,.1f} us"
     return f"{value:g} {unit}"
 
 
