@@ -212,6 +212,9 @@ def crossovers(rows: list[dict[str, Any]], command: str) -> dict[str, Any]:
         out["threads_over_inline_throughput"] = crossing(
             xs, [_log_ratio(t, i) for t, i in zip(threads, inline, strict=True)]
         )
+    if DASK_TARGET in targets and "async+pool" in targets:
+        dask = series(DASK_TARGET, "throughput_rps")
+        out["dask_over_pool_throughput"] = crossing(xs, [_log_ratio(d, p) for d, p in zip(dask, pool, strict=True)])
     fastest: dict[str, list[float]] = {}
     for x, w in zip(xs, sizes, strict=True):
         measured = [(table[(t, w)]["throughput_rps"], t) for t in targets if (t, w) in table]
@@ -259,6 +262,9 @@ def statements(points: dict[str, Any], command: str) -> list[str]:
             "async+inline",
             "threads vs event loop",
             largest,
+        ),
+        _crossing_text(
+            points.get("dask_over_pool_throughput"), DASK_TARGET, "async+pool", "Dask vs local pool", largest
         ),
     ]
     fastest = points.get("fastest_at_us", {})

@@ -68,3 +68,13 @@ def test_calibration_times_the_real_function_and_sizes_grow_with_the_asked_time(
     assert [step.asked_us for step in steps] == [10.0, 1000.0]
     assert steps[0].work < steps[1].work
     assert 0 < steps[0].measured_us < steps[1].measured_us
+
+
+def test_a_dask_target_gets_its_own_crossing_against_the_local_pool() -> None:
+    rows = [
+        _row("async+pool", 10, 1.0, 5_000, 4.0), _row("async+dask", 10, 1.0, 200, 4.0),
+        _row("async+pool", 1000, 100_000.0, 19, 4.0), _row("async+dask", 1000, 100_000.0, 40, 4.0),
+    ]  # fmt: skip
+    found = crossovers(rows, "primes")
+    assert found["dask_over_pool_throughput"]["wins_from_us"] == 100_000.0
+    assert any("Dask vs local pool" in line for line in statements(found, "primes"))
