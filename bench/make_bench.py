@@ -3,6 +3,7 @@
     .venv/bin/python bench/make_bench.py                       # everything (about 35 min on 2 idle cores)
     .venv/bin/python bench/make_bench.py --steps crossover,targets
     .venv/bin/python bench/make_bench.py --render-only          # the page again from the reports on disk
+    .venv/bin/python bench/make_bench.py --steps crossover --dask dask://127.0.0.1:8786   # Dask in the sweep
     .venv/bin/python bench/make_bench.py --quick --reports /tmp/b   # smoke test of the harness (the test suite)
 
 Each step runs one benchmark tool (``bench/targets.py``, ``crossdock compare``,
@@ -195,6 +196,14 @@ STEPS: Final = (
 STEP_NAMES: Final = tuple(step.name for step in STEPS)
 
 
+def with_dask(step: Step, address: str | None) -> Step:
+    """The crossover step with ``--executor address`` added (every other step, and no address: unchanged)."""
+    if step.name != "crossover" or not address:
+        return step
+    plain = step.commands
+    return Step(step.name, lambda out, quick: [[*c, "--executor", address] for c in plain(out, quick)], step.render)
+
+
 def header(meta: dict[str, Any]) -> str:
     """The date, machine, commit and commands of one step's figures."""
     commands = "\n".join(meta["commands"])
@@ -209,7 +218,7 @@ def header(meta: dict[str, Any]) -> str:
 def render_block(step: Step, folder: Path, doc_dir: Path) -> str:
     meta_path = folder / "step.json"
     if not meta_path.exists():
-        return f"_Not measured on the current code yet: `make bench BENCH_ARGS=\"--steps {step.name}\"`._\n"
+        return f'_Not measured on the current code yet: `make bench BENCH_ARGS="--steps {step.name}"`._\n'
     meta = json.loads(meta_path.read_text())
     try:
         body = step.render(folder)
@@ -292,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reports", type=Path, default=None, help="output folder (default docs/reports)")
     parser.add_argument("--doc", type=Path, default=None, help="page to render (default docs/benchmarks.md)")
     parser.add_argument("--render-only", action="store_true", help="run nothing: re-render the page")
+    parser.add_argument("--dask", metavar="dask://HOST:PORT", help="also sweep a Dask executor in the crossover")
     args = parser.parse_args(argv)
     names = list(STEP_NAMES) if args.steps == "all" else [s.strip() for s in args.steps.split(",") if s.strip()]
     unknown = [name for name in names if name not in STEP_NAMES]
@@ -307,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.render_only:
         for step in STEPS:
             if step.name in names:
-                status = max(status, min(1, run_step(step, reports / step.name, args.quick)))
+                status = max(status, min(1, run_step(with_dask(step, args.dask), reports / step.name, args.quick)))
     missing = render_page(doc, reports)
     if missing:
         print(f"make bench: {doc} has no block for {', '.join(missing)}", file=sys.stderr)
