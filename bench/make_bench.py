@@ -60,8 +60,9 @@ class Step:
     name: str
     commands: Callable[[Path, bool], list[list[str]]]
     render: Callable[[Path], str]
-    #: Where the command's stdout goes, per command index (None: to the log only).
-    stdout_files: tuple[str | None, ...] = ()
+    #: A file name pattern (``{index}``: the command's index) that each command's stdout is saved to;
+    #: empty: stdout goes to the step's log only.
+    stdout_file: str = ""
 
 
 def _compare(args: list[str], quick_args: list[str]) -> Callable[[Path, bool], list[list[str]]]:
@@ -190,7 +191,7 @@ STEPS: Final = (
         render_compare,
     ),
     Step("reuseport", _reuseport, render_reuseport),
-    Step("generator", _generator, render_generator, stdout_files=("generator_{index}.json",)),
+    Step("generator", _generator, render_generator, stdout_file="generator_{index}.json"),
 )
 
 STEP_NAMES: Final = tuple(step.name for step in STEPS)
@@ -201,7 +202,12 @@ def with_dask(step: Step, address: str | None) -> Step:
     if step.name != "crossover" or not address:
         return step
     plain = step.commands
-    return Step(step.name, lambda out, quick: [[*c, "--executor", address] for c in plain(out, quick)], step.render)
+    return Step(
+        step.name,
+        lambda out, quick: [[*c, "--executor", address] for c in plain(out, quick)],
+        step.render,
+        step.stdout_file,
+    )
 
 
 def header(meta: dict[str, Any]) -> str:
@@ -237,7 +243,9 @@ def render_page(doc: Path, reports: Path) -> list[str]:
             missing.append(step.name)
             continue
         block = render_block(step, reports / step.name, doc.parent)
-        text = pattern.sub(lambda m, block=block: m.group(1) + "\n" + block + "\n" + m.group(2), text)
+        match = pattern.search(text)
+        assert match is not None
+        text = text[: match.start()] + match.group(1) + "\n" + block + "\n" + match.group(2) + text[match.end() :]
     doc.write_text(text)
     return missing
 
@@ -265,7 +273,7 @@ def run_step(step: Step, folder: Path, quick: bool) -> int:
     for index, argv in enumerate(commands):
         print(f"make bench: {step.name}: {shown(argv)}", file=sys.stderr, flush=True)
         began = time.monotonic()
-        target = step.stdout_files[0].format(index=index) if step.stdout_files else None
+        target = step.stdout_file.format(index=index) if step.stdout_file else None
         try:
             done = subprocess.run(
                 argv, cwd=ROOT, capture_output=True, text=True, timeout=QUICK_STEP_TIMEOUT if quick else STEP_TIMEOUT
