@@ -89,7 +89,7 @@ def _generator(out: Path, quick: bool) -> list[list[str]]:
 
 def _reuseport(out: Path, quick: bool) -> list[list[str]]:
     sizes = ["--rounds", "1", "--duration", "0.5", "--connections", "10", "--benchmark-requests", "5000"]
-    full = ["--rounds", "5", "--duration", "5"]
+    full = ["--rounds", "3", "--duration", "4"]
     return [[PY, "bench/reuseport_bench.py", *(sizes if quick else full), "--json", str(out / "reuseport.json")]]
 
 
