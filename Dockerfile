@@ -3,6 +3,24 @@
 # Protected mode is off here, as in Redis's official image: clients arrive through Docker's port mapping from a
 # non-loopback address and would all be refused. Publish the port beyond localhost only with a password:
 #   docker run -e CROSSDOCK_REQUIREPASS=... -p 7379:7379 crossdock
+# Builder stage: gcc compiles the Cython parser core into a wheel; only the wheels reach the runtime image.
+FROM python:3.11-slim-bookworm AS builder
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY server ./server
+COPY clients ./clients
+COPY loadtest ./loadtest
+# The wheels of crossdock (with its compiled core) and of every dependency, for an offline install below.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -13,17 +31,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CROSSDOCK_PORT=7379 \
     CROSSDOCK_PROTECTED_MODE=no
 
-# tini reaps zombies and forwards signals to the server; gcc is not needed (wheels for uvloop/hiredis).
+# tini reaps zombies and forwards signals to the server; no compiler here (the builder stage made the wheels).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends tini \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY server ./server
-COPY clients ./clients
-COPY loadtest ./loadtest
-RUN pip install --no-cache-dir . \
+COPY --from=builder /wheels /tmp/wheels
+RUN pip install --no-cache-dir --no-index --find-links /tmp/wheels /tmp/wheels/crossdock-*.whl \
+    && rm -rf /tmp/wheels \
     && groupadd --system --gid 10001 crossdock \
     && useradd --system --uid 10001 --gid 10001 --no-create-home crossdock
 

@@ -6,17 +6,28 @@ endif
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The compiled parser core (setup.py): rebuilt whenever its pure-Python source or its type declarations change.
+CORE_STAMP := $(VENV)/.core-built
+CORE_SOURCES := setup.py server/protocol/request_parser.py server/protocol/reply_parser.py \
+	$(wildcard server/protocol/_c_*.pxd)
 
 .PHONY: install run test lint bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(CORE_STAMP)
 
 # Reinstall only when the package metadata changes (idempotent: a second `make install` does nothing).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The dependencies only; the compiled core is built by the rule below (once, not twice on a fresh install).
+	CROSSDOCK_NO_EXTENSIONS=1 $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# Without a C compiler (or with CROSSDOCK_NO_EXTENSIONS=1) this installs the pure core only: the extensions are optional.
+$(CORE_STAMP): $(STAMP) $(CORE_SOURCES)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -c "import server.protocol as p; print('parser core:', p.CORE)"
+	touch $(CORE_STAMP)
 
 run: install
 	$(BIN)/crossdock serve $(ARGS)
@@ -38,3 +49,4 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -f server/protocol/*.so server/protocol/*.c

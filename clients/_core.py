@@ -11,7 +11,7 @@ import enum
 from typing import Any, Final
 
 from clients.errors import ReplyError
-from server.protocol import ErrorReply, ReplyParser, encode_command
+from server.protocol import ErrorReply, ReplyParser, cores, encode_command
 
 #: Where a client connects when not told otherwise: crossdock's own port
 #: (``crossdock serve`` listens on 7379 by default; Redis's 6379 plus 1000, so
@@ -61,9 +61,15 @@ def resolve_timeout(timeout: TimeoutArg, default: float | None) -> float | None:
     return timeout
 
 
-def make_parser(decode: bool, use_hiredis: bool | None) -> ReplyParser:
-    """One reply parser per connection: it keeps the partial reply between reads."""
-    return ReplyParser(decode=decode, use_hiredis=use_hiredis)
+def make_parser(decode: bool, core: str | None) -> ReplyParser:
+    """One reply parser per connection: it keeps the partial reply between reads.
+
+    ``core`` names the parser core (``"pure"`` or ``"cython"``; ``None``: the one this process runs).
+    Error handling: a core not built here raises :class:`RuntimeError`.
+    """
+    if core is None:
+        return ReplyParser(decode=decode)
+    return cores.select(core).reply_parser.ReplyParser(decode=decode)
 
 
 def check_reply(reply: Any) -> Any:

@@ -215,7 +215,7 @@ class AsyncClient:
         decode: bool = False,
         username: str | None = None,
         password: str | None = None,
-        use_hiredis: bool | None = None,
+        core: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -223,7 +223,7 @@ class AsyncClient:
         self.connect_timeout = connect_timeout
         self.decode = decode
         self._auth = auth_payload(username, password)
-        self._use_hiredis = use_hiredis
+        self._core = core
         self._protocol: _ReplyProtocol | None = None
         self._closed = False
 
@@ -240,7 +240,7 @@ class AsyncClient:
         if self._protocol is not None or self._closed:
             raise RuntimeError("an AsyncClient connects once; make a new one to reconnect")
         loop = asyncio.get_running_loop()
-        parser = make_parser(self.decode, self._use_hiredis)
+        parser = make_parser(self.decode, self._core)
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, protocol = await loop.create_connection(lambda: _ReplyProtocol(loop, parser), self.host, self.port)

@@ -76,8 +76,8 @@ class Client:
     forever); each call may override it. ``decode=True`` returns bulk strings
     as ``str`` (UTF-8) instead of ``bytes``; status replies (``+OK``) are
     always ``str``. ``username``/``password`` send AUTH right after
-    connecting. ``use_hiredis`` picks the reply parser's backend (``None``:
-    hiredis when installed).
+    connecting. ``core`` picks the reply parser's core (``"pure"`` or
+    ``"cython"``; ``None``: the one :data:`server.protocol.CORE` names).
 
     Error handling: the constructor connects, and raises
     :class:`~clients.errors.ConnectFailedError` (refused, unreachable),
@@ -96,14 +96,14 @@ class Client:
         decode: bool = False,
         username: str | None = None,
         password: str | None = None,
-        use_hiredis: bool | None = None,
+        core: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.timeout = resolve_timeout(timeout, None)
         self.decode = decode
         self._lock = threading.Lock()
-        self._parser = make_parser(decode, use_hiredis)
+        self._parser = make_parser(decode, core)
         #: Replies still to arrive for calls that gave up waiting (timeout, interrupt); read and dropped.
         self._stale = 0
         self._closed_reason = "the client is closed"

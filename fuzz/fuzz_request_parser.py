@@ -12,9 +12,9 @@ a crash and writes the input to ``crash-<sha1>``):
 
 * nothing but :class:`~server.protocol.ProtocolError` ever escapes;
 * whole, in the control byte's chunk sizes, and byte by byte (streams up to
-  :data:`BYTEWISE_MAX`; longer ones in 5-byte pieces); on the pure and
-  the hiredis path; drained with ``next_request()``, with ``parse_all()`` and
-  with ``parse_chunk()`` (the servers' way, with its fast path): the same
+  :data:`BYTEWISE_MAX`; longer ones in 5-byte pieces); on every parser core
+  (pure and Cython-compiled); drained with ``next_request()``, with ``parse_all()`` and
+  with ``parse_chunk()`` (the servers' way): the same
   requests and the same error message after the same request;
 * whenever the parser asks for more bytes, ``buffered`` is at most one
   request in progress at the limits (:data:`BUFFER_BOUND`);
@@ -46,7 +46,9 @@ if __name__ == "__main__":
 
     _instrumented = atheris.instrument_imports(include=["server.protocol"])
 with _instrumented:
-    from server.protocol import ProtocolError, RequestParser, _hiredis_fast
+    from server.protocol import ProtocolError
+    from server.protocol.cores import AVAILABLE as CORES
+    from server.protocol.cores import PURE
     from server.protocol.limits import MAX_INLINE_SIZE
 
 #: Limits of the fuzzed parsers, the same for every parser in one check. The count is small so
@@ -61,7 +63,8 @@ FUZZ_MAX_COUNT: Final = 16
 #: two bytes after a bulk.
 BUFFER_BOUND: Final = FUZZ_MAX_COUNT * FUZZ_MAX_BULK + MAX_INLINE_SIZE + 3
 
-PATHS: Final = (False, True) if _hiredis_fast.AVAILABLE else (False,)
+#: Every parser core built here; the pure one first (it gives the reference result).
+PATHS: Final = (PURE, *(name for name in CORES if name != PURE))
 
 #: Longest stream also fed one byte at a time; longer ones (the 64 KiB line-limit seeds) are fed
 #: in 5-byte pieces instead, which still split every header and line, at a fraction of the cost.
@@ -83,17 +86,16 @@ def pieces(data: bytes, sizes: tuple[int, ...]) -> Iterator[bytes]:
         k += 1
 
 
-def run(data: bytes, sizes: tuple[int, ...], use_hiredis: bool, auth: bool, drain: str) -> Result:
+def run(data: bytes, sizes: tuple[int, ...], core: str, auth: bool, drain: str) -> Result:
     """Feed ``data`` in ``sizes``; every request, then the error message if any, checking as it goes.
 
     ``drain`` is how requests are taken out after each piece: ``"next"`` (``feed`` then
     ``next_request()`` until None), ``"all"`` (``feed`` then ``parse_all()`` until empty) or
     ``"chunk"`` (``parse_chunk(piece)``, the servers' way, with its fast path).
     """
-    parser = RequestParser(
+    parser = CORES[core].request_parser.RequestParser(
         max_bulk_length=FUZZ_MAX_BULK,
         max_multibulk_length=FUZZ_MAX_COUNT,
-        use_hiredis=use_hiredis,
         auth_required=auth,
     )
     requests: list[list[bytes]] = []
@@ -123,7 +125,7 @@ def run(data: bytes, sizes: tuple[int, ...], use_hiredis: bool, auth: bool, drai
     return requests, error
 
 
-def _check_sticky(parser: RequestParser, error: ProtocolError) -> None:
+def _check_sticky(parser: Any, error: ProtocolError) -> None:
     """After an error: nothing held, data discarded, the same error from every call."""
     assert error.message.startswith("ERR Protocol error: "), error.message
     assert parser.buffered == 0
@@ -147,21 +149,21 @@ def check(data: bytes) -> Result:
     control, stream = data[0], data[1:]
     sizes = ((control & 0x07) + 1, ((control >> 3) & 0x0F) + 1)
     auth = bool(control & 0x80)
-    reference = run(stream, (), False, auth, "next")
+    reference = run(stream, (), PURE, auth, "next")
     bytewise = (1,) if len(stream) <= BYTEWISE_MAX else (5,)
     # Each path and each drain style meets each chunking (not every combination: speed is
     # coverage for a fuzzer, and the combinations add no new code paths).
     ways = [
-        (False, sizes, "all"),
-        (False, bytewise, "next"),
-        (False, (), "chunk"),
-        (False, sizes, "chunk"),
+        (PURE, sizes, "all"),
+        (PURE, bytewise, "next"),
+        (PURE, (), "chunk"),
+        (PURE, sizes, "chunk"),
     ]
-    for use_hiredis in PATHS[1:]:
-        ways += [(use_hiredis, (), "all"), (use_hiredis, sizes, "chunk"), (use_hiredis, bytewise, "all")]
-    for use_hiredis, chunking, drain in ways:
-        got = run(stream, chunking, use_hiredis, auth, drain)
-        assert got == reference, (use_hiredis, chunking, drain, got, reference)
+    for core in PATHS[1:]:
+        ways += [(core, (), "next"), (core, (), "all"), (core, sizes, "chunk"), (core, bytewise, "all")]
+    for core, chunking, drain in ways:
+        got = run(stream, chunking, core, auth, drain)
+        assert got == reference, (core, chunking, drain, got, reference)
     return reference
 
 

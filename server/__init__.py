@@ -4,5 +4,5 @@ __version__ = "0.1.0"
 
 #: The Redis version crossdock reports in INFO/HELLO. Clients gate features on
 #: it (redis-cli asks COMMAND DOCS only from 7.0 on); 7.0.0 is the dialect of
-#: the commands implemented here.
+#: the commands implemented here, in RESP2 and RESP3.
 REDIS_COMPAT_VERSION = "7.0.0"

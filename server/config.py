@@ -41,6 +41,12 @@ DEFAULT_QUERY_BUFFER_LIMIT = 2 * limits.MAX_BULK_LENGTH
 #: client-output-buffer-limit; 32 MiB is Redis's hard limit for pubsub clients, its tightest class).
 DEFAULT_OUTPUT_BUFFER_LIMIT = 32 * 1024 * 1024
 
+#: Unsent reply bytes all clients together may make the server hold. Past it, a client holding more than
+#: WRITE_BUFFER_HIGH_WATER (it is not keeping up) is disconnected when it asks for more, so 200 clients that do not
+#: read cannot take 200 x --output-buffer-limit (6.4 GiB at the defaults). 512 MiB: sixteen clients at their own
+#: cap, far above what clients that read ever leave queued, and a fraction of these 24 GiB machines.
+DEFAULT_OUTPUT_BUDGET = 512 * 1024 * 1024
+
 #: Seconds queued replies may wait for a client that does not read before it is closed.
 DEFAULT_WRITE_TIMEOUT = 30.0
 
@@ -83,6 +89,7 @@ class Config:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     query_buffer_limit: int = DEFAULT_QUERY_BUFFER_LIMIT
     output_buffer_limit: int = DEFAULT_OUTPUT_BUFFER_LIMIT
+    output_budget: int = DEFAULT_OUTPUT_BUDGET
     write_timeout: float = DEFAULT_WRITE_TIMEOUT
     cpu_queue_limit: int = 0
     cpu_timeout: float = DEFAULT_CPU_TIMEOUT
@@ -124,6 +131,8 @@ class Config:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 0 (0 turns it off)")
         if self.query_buffer_limit < self.max_bulk_length:
             raise ValueError("query-buffer-limit must be at least max-bulk-length")
+        if self.output_budget < 0:
+            raise ValueError("output-budget must be >= 0 (0 turns it off)")
         if self.output_buffer_limit < 1 or self.cpu_queue_limit < 0:
             raise ValueError("output-buffer-limit must be positive and cpu-queue-limit >= 0")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -167,6 +176,7 @@ _HELP = {
     "request_timeout": "close a client that takes longer than this to send one whole request (0 = never)",
     "query_buffer_limit": "unparsed request bytes one client may make the server hold",
     "output_buffer_limit": "unsent reply bytes one client may have queued before it is disconnected",
+    "output_budget": "unsent reply bytes all clients together may queue; past it, slow readers are cut (0 = none)",
     "write_timeout": "close a client whose queued replies have not drained for this many seconds (0 = never)",
     "cpu_queue_limit": "cpu requests waiting for a worker before new ones get -BUSY (0 = 64 per worker)",
     "cpu_timeout": "seconds a cpu request may run; then an error reply and the worker is replaced (0 = never)",

@@ -8,10 +8,11 @@ a user's module adds commands with the same decorators the README shows::
 
 Where a command lives: its handler is in one of the modules listed in
 :data:`BUILTIN_MODULES` (``builtins`` for the generic and keyspace commands,
-``cpu`` for PRIMES/FACTOR/PBKDF2, ``auth`` and ``slowlog``).
+``cpu`` for PRIMES/FACTOR/PBKDF2, ``pubsub`` for (P)(UN)SUBSCRIBE/PUBLISH/PUBSUB/RESET,
+``auth`` and ``slowlog``).
 """
 
-from server.commands import auth, builtins, cpu, slowlog
+from server.commands import auth, builtins, cpu, pubsub, slowlog
 from server.commands.actions import Action, RunCpu, Sleep
 from server.commands.context import CommandContext
 from server.commands.dispatch import Dispatcher
@@ -30,7 +31,7 @@ from server.commands.registry import (
 )
 
 #: The modules whose ``COMMANDS`` make up the built-in command table.
-BUILTIN_MODULES = (auth, builtins, cpu, slowlog)
+BUILTIN_MODULES = (auth, builtins, cpu, pubsub, slowlog)
 
 
 def install_builtins(target: Registry) -> Registry:

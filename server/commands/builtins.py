@@ -15,7 +15,7 @@ from server.commands.actions import Sleep
 from server.commands.auth import HELLO_NOAUTH, NO_AUTH_FLAGS, authenticate
 from server.commands.context import CommandContext
 from server.commands.registry import CommandError, CommandSet, parse_int
-from server.protocol.reply import NULL_BULK, OK, PONG, ErrorReply, RawReply, SimpleString
+from server.protocol.reply import NULL_BULK, OK, PONG, ErrorReply, RawReply, SimpleString, Verbatim
 from server.store.keyspace import now_ms
 
 #: The commands this module declares; server.commands.default_registry installs them.
@@ -25,6 +25,8 @@ COMMANDS = CommandSet()
 #: far past any sane upstream timeout and keeps a forgotten SLEEP bounded.
 SLEEP_MAX_MS = 60_000
 
+#: The protocol versions HELLO accepts, as Redis 7: RESP2 and RESP3.
+PROTOCOL_VERSIONS = (2, 3)
 
 _SYNTAX = "ERR syntax error"
 
@@ -40,6 +42,8 @@ def _upper(raw: bytes) -> bytes:
 def ping(ctx: CommandContext, args: list[bytes]) -> object:
     if len(args) > 2:
         raise CommandError("ERR wrong number of arguments for 'ping' command")
+    if ctx.client.subscriptions and ctx.client.resp == 2:  # Redis: a subscribed RESP2 client gets a pong array
+        return [b"pong", args[1] if len(args) == 2 else b""]
     return PONG if len(args) == 1 else args[1]
 
 
@@ -72,19 +76,20 @@ def sleep(ctx: CommandContext, args: list[bytes]) -> object:
 @COMMANDS.inline(
     "HELLO",
     arity=-1,
-    summary="Handshake: protocol version (2 only), optional AUTH and SETNAME.",
+    summary="Handshake: protocol version (2 or 3), optional AUTH and SETNAME.",
     group="connection",
     since="6.0.0",
     flags=NO_AUTH_FLAGS,
 )
 def hello(ctx: CommandContext, args: list[bytes]) -> object:
     position = 1
+    version = 0  # none asked for: keep the connection's
     if len(args) > 1:
         try:
             version = parse_int(args[1])
         except CommandError:
             raise CommandError("ERR Protocol version is not an integer or out of range") from None
-        if version != 2:
+        if version not in PROTOCOL_VERSIONS:
             raise CommandError("NOPROTO unsupported protocol version")
         position = 2
     new_name: bytes | None = None
@@ -107,15 +112,17 @@ def hello(ctx: CommandContext, args: list[bytes]) -> object:
         raise CommandError(HELLO_NOAUTH)
     if new_name is not None:
         ctx.client.name = new_name
-    return [
-        "server", "redis",
-        "version", REDIS_COMPAT_VERSION,
-        "proto", 2,
-        "id", ctx.client.id,
-        "mode", "standalone",
-        "role", "master",
-        "modules", [],
-    ]  # fmt: skip
+    if version:
+        ctx.client.resp = version  # this very reply already goes out in the new protocol, as Redis's does
+    return {
+        "server": "redis",
+        "version": REDIS_COMPAT_VERSION,
+        "proto": ctx.client.resp,
+        "id": ctx.client.id,
+        "mode": "standalone",
+        "role": "master",
+        "modules": [],
+    }
 
 
 def _validated_client_name(name: bytes) -> bytes:
@@ -154,7 +161,7 @@ def client(ctx: CommandContext, args: list[bytes]) -> object:
     if sub == b"GETNAME":
         return me.name or None
     if sub == b"INFO":
-        return me.describe() + "\n"
+        return Verbatim(me.describe() + "\n")
     if sub == b"SETINFO":
         attribute = _upper(args[2])
         if attribute == b"LIB-NAME":
@@ -171,7 +178,7 @@ def client(ctx: CommandContext, args: list[bytes]) -> object:
                 raise CommandError(_SYNTAX)
             wanted = {parse_int(raw) for raw in args[3:]}
             clients = [c for c in clients if c.id in wanted]
-        return "".join(c.describe() + "\n" for c in clients)
+        return Verbatim("".join(c.describe() + "\n" for c in clients))
     return [
         "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
         "ID", "    Return the ID of the current connection.",
@@ -203,7 +210,7 @@ def info(ctx: CommandContext, args: list[bytes]) -> object:
     from server.observability.info import render_info  # local import: info.py imports the registry for COMMAND counts
 
     sections = [raw.decode(errors="replace").lower() for raw in args[1:]]
-    return render_info(ctx.server, sections)
+    return Verbatim(render_info(ctx.server, sections))
 
 
 @COMMANDS.inline(
@@ -232,10 +239,7 @@ def command(ctx: CommandContext, args: list[bytes]) -> object:
         wanted_commands = (
             [c for n in args[2:] if (c := registry.lookup(n)) is not None] if len(args) > 2 else list(registry)
         )
-        reply: list[object] = []
-        for found in wanted_commands:
-            reply.extend([found.name, command_docs(found)])
-        return reply
+        return {found.name: command_docs(found) for found in wanted_commands}
     if sub in (b"COUNT", b"LIST"):
         raise CommandError(f"ERR wrong number of arguments for 'command|{sub.decode().lower()}' command")
     raise CommandError(f"ERR unknown subcommand '{args[1].decode(errors='replace')}'. Try COMMAND HELP.")
@@ -257,15 +261,13 @@ def config(ctx: CommandContext, args: list[bytes]) -> object:
         from server.observability.info import config_parameters
 
         parameters = config_parameters(ctx.server)
-        reply: list[object] = []
-        seen: set[str] = set()
+        found: dict[str, object] = {}  # a map in RESP3, name/value pairs in RESP2, as Redis 7
         for raw in args[2:]:
             pattern = raw.decode(errors="replace").lower()
             for name, value in parameters.items():
-                if name not in seen and fnmatch.fnmatchcase(name, pattern):
-                    seen.add(name)
-                    reply.extend([name, value])
-        return reply
+                if name not in found and fnmatch.fnmatchcase(name, pattern):
+                    found[name] = value
+        return found
     if sub == b"RESETSTAT" and len(args) == 2:
         ctx.server.reset_stats()
         return OK

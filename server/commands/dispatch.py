@@ -16,10 +16,11 @@ import structlog
 from server import security
 from server.commands.actions import Action, RunCpu, Sleep
 from server.commands.auth import NOAUTH
+from server.commands.pubsub import SUBSCRIBED_MODE_COMMANDS, subscribed_mode_error
 from server.commands.registry import Command, CommandError, Kind, Registry
 from server.protocol import ProtocolError, RequestParser
-from server.protocol.reply import RawReply, encode_error, encode_reply
-from server.store.commandstats import CommandStats
+from server.protocol.reply import NULL_BULK, RESP3_NULL, RawReply, encode_error, encode_reply, encode_reply3
+from server.store.commandstats import LINEAR_LIMIT_BITS, SUB_BUCKET_BITS, SUB_MASK, CommandStats
 
 if TYPE_CHECKING:
     from server.commands.context import CommandContext
@@ -109,7 +110,8 @@ class Dispatcher:
 
         Error handling: unknown commands, wrong arity and :class:`CommandError`
         become error replies with Redis's wording, checked in Redis's order
-        (unknown, arity, then ``-NOAUTH`` before AUTH when a password is set).
+        (unknown, arity, then ``-NOAUTH`` before AUTH when a password is set,
+        then the RESP2 subscribed-mode rule of :mod:`server.commands.pubsub`).
         A request whose first word is ``POST`` or ``Host:`` is an HTTP request
         sent to this port: it gets no reply, the client is marked to be closed
         and the attempt is logged (see :mod:`server.security`). Any other
@@ -128,9 +130,10 @@ class Dispatcher:
                 return _NO_REPLY
             stats.total_error_replies += 1
             return encode_error(unknown_command_error(args))
-        client.last_command = name = command.name
+        name = command.name
         if command.subcommands and len(args) > 1:
             name = subcommand_name(command, args[1])
+        client.last_command = name  # CLIENT LIST's cmd=, Redis's full name (client|info)
         counters = self._by_name.get(name) or self._table.get(name, command.kind.value)
         arity = command.arity
         if (len(args) != arity) if arity >= 0 else (len(args) < -arity):  # Redis arity: exact, or -N = at least N
@@ -141,6 +144,10 @@ class Dispatcher:
             stats.total_error_replies += 1
             counters.rejected += 1  # Redis: NOAUTH is a rejected call of the command
             return _NOAUTH_REPLY
+        if client.subscriptions and client.resp == 2 and command.name not in SUBSCRIBED_MODE_COMMANDS:
+            stats.total_error_replies += 1
+            counters.rejected += 1  # Redis: a rejected call, like NOAUTH
+            return encode_error(subscribed_mode_error(name))
         started = _perf_counter_ns()
         if command.kind is _CPU:
             try:
@@ -164,18 +171,22 @@ class Dispatcher:
             return encode_error(f"ERR internal error while running '{command.name}'")
         elapsed = _perf_counter_ns() - started
         counters.ns += elapsed
-        bits = elapsed.bit_length()  # server.store.commandstats.histogram_slot, inlined (SUB_BUCKET_BITS = 5)
-        counters.histogram[(bits << 5) | ((elapsed >> (bits - 6)) & 31) if bits > 6 else elapsed] += 1
+        bits = elapsed.bit_length()  # server.store.commandstats.histogram_slot, inlined
+        counters.histogram[
+            (bits << SUB_BUCKET_BITS) | ((elapsed >> (bits - LINEAR_LIMIT_BITS)) & SUB_MASK)
+            if bits > LINEAR_LIMIT_BITS
+            else elapsed
+        ] += 1
         if elapsed >= self._slow_ns:
             self.note_slow(name, elapsed, client, args)
-        if result.__class__ is RawReply:  # constants such as +PONG and +OK: already encoded
-            return result
+        if result.__class__ is RawReply:  # constants such as +PONG and +OK: already encoded, the same in RESP3...
+            return result if result is not NULL_BULK or client.resp == 2 else RESP3_NULL  # ...but for the null
         if result.__class__ is bytes:  # a bulk string (GET, ECHO): encode_reply's first case, inlined
             return b"$%d\r\n%b\r\n" % (len(result), result)
         if isinstance(result, Sleep):
             return result
         try:
-            return encode_reply(result)
+            return encode_reply(result) if client.resp == 2 else encode_reply3(result)
         except TypeError:
             log.warning("reply_not_encodable", command=command.name, exc_info=True)
             return encode_error(f"ERR internal error while running '{command.name}'")

@@ -1,21 +1,24 @@
-"""COMMAND INFO and COMMAND DOCS entries, in the RESP2 shapes redis-cli and client libraries parse.
+"""COMMAND INFO and COMMAND DOCS entries, in the shapes redis-cli and client libraries parse.
 
 redis-cli (7.x) asks ``COMMAND DOCS`` when its interactive mode starts and
-asserts on the shape of the reply: a flat list of ``name, [key, value, ...]``
-where summary/since/group are strings and subcommands is again a flat
-``name, docs`` list. Argument docs are optional and left out.
+asserts on the shape of the reply: in RESP2 a flat list of ``name, [key,
+value, ...]`` where summary/since/group are strings and subcommands is again
+a flat ``name, docs`` list; in RESP3 the same as maps. The values here are
+dicts and :class:`~server.protocol.reply.SetReply` lists, which the encoder
+sends as Redis 7.0 does in either protocol (COMMAND INFO's flags, ACL
+categories, tips, key specs and subcommands are RESP3 sets in 7.0).
+Argument docs are optional and left out.
 """
 
 from __future__ import annotations
 
 from server.commands.registry import Command, Kind
+from server.protocol.reply import SetReply, SimpleString
 
 _WRITE_COMMANDS = frozenset({"set", "mset", "del", "incr", "decr", "incrby", "decrby", "expire", "pexpire", "flushdb"})
 
 
-def _flags(command: Command) -> list[object]:
-    from server.protocol.reply import SimpleString
-
+def _flags(command: Command) -> SetReply:
     flags = list(command.flags)
     if not flags:
         if command.name in _WRITE_COMMANDS:
@@ -26,7 +29,7 @@ def _flags(command: Command) -> list[object]:
             flags = ["readonly"]
         else:
             flags = ["fast"] if command.name in ("ping", "echo", "time") else []
-    return [SimpleString(flag) for flag in flags]
+    return SetReply(SimpleString(flag) for flag in flags)
 
 
 def command_info(command: Command) -> list[object]:
@@ -39,33 +42,34 @@ def command_info(command: Command) -> list[object]:
         first,
         last,
         step,
-        [f"@{command.group}"],
-        [],
-        [],
-        [[f"{command.name}|{sub}", -2, [], 0, 0, 0, [], [], [], []] for sub in command.subcommands],
+        SetReply([SimpleString(f"@{command.group}")]),
+        SetReply(),
+        SetReply(),
+        # Redis 7.0's quirk, kept: no subcommands is an empty set, some are an array.
+        [
+            [f"{command.name}|{sub}", -2, SetReply(), 0, 0, 0, SetReply(), SetReply(), SetReply(), SetReply()]
+            for sub in command.subcommands
+        ]
+        if command.subcommands
+        else SetReply(),
     ]
 
 
-def command_docs(command: Command) -> list[object]:
-    """The COMMAND DOCS entry for one command (a flat key/value list in RESP2)."""
-    docs: list[object] = [
-        "summary", command.summary or command.name.upper(),
-        "since", command.since,
-        "group", command.group,
-        "complexity", "O(1)" if command.kind is Kind.INLINE else "depends on the argument (cpu command)",
-    ]  # fmt: skip
+def command_docs(command: Command) -> dict[str, object]:
+    """The COMMAND DOCS entry for one command (a map in RESP3, a flat key/value list in RESP2)."""
+    docs: dict[str, object] = {
+        "summary": command.summary or command.name.upper(),
+        "since": command.since,
+        "group": command.group,
+        "complexity": "O(1)" if command.kind is Kind.INLINE else "depends on the argument (cpu command)",
+    }
     if command.subcommands:
-        subs: list[object] = []
-        for sub in command.subcommands:
-            subs.extend(
-                [
-                    f"{command.name}|{sub}",
-                    [
-                        "summary", f"{command.name.upper()} {sub.upper()}",
-                        "since", command.since,
-                        "group", command.group,
-                    ],
-                ]
-            )
-        docs.extend(["subcommands", subs])
+        docs["subcommands"] = {
+            f"{command.name}|{sub}": {
+                "summary": f"{command.name.upper()} {sub.upper()}",
+                "since": command.since,
+                "group": command.group,
+            }
+            for sub in command.subcommands
+        }
     return docs

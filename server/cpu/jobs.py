@@ -110,6 +110,36 @@ class _JobFuture(Protocol):
 Submitter = Callable[..., _JobFuture]
 #: Run ``fn(*args)`` in the front end's own context, from the watcher thread.
 CallSoon = Callable[..., object]
+#: Run ``fn()`` later in the front end's own context, from that context (``loop.call_soon``).
+Defer = Callable[[Callable[[], None]], object]
+
+#: Most jobs one submission carries. Enough that per-call costs (a pickle each way, the executor's
+#: bookkeeping, a wake-up of the loop) are spread thin over small requests; few enough that the
+#: first reply of a batch does not wait long behind the last (replies of a batch come back together).
+MAX_BATCH_SIZE = 64
+
+#: Submissions the executor may hold per worker: one running and one waiting, so a worker that finishes
+#: has its next batch at hand while the result travels back, and everything else gathers into batches.
+SUBMISSIONS_PER_WORKER = 2
+
+
+def split_batches(jobs: list[Job], workers: int) -> list[list[Job]]:
+    """``jobs`` in admission order, cut into as few contiguous groups as keep every worker busy.
+
+    One group per worker (fewer when there are fewer jobs), more only when a
+    group would pass :data:`MAX_BATCH_SIZE`; sizes differ by at most one.
+    """
+    count = len(jobs)
+    if count <= 1:
+        return [jobs] if jobs else []
+    groups = max(min(count, max(workers, 1)), -(-count // MAX_BATCH_SIZE))
+    base, extra = divmod(count, groups)
+    out, start = [], 0
+    for index in range(groups):
+        size = base + (1 if index < extra else 0)
+        out.append(jobs[start : start + size])
+        start += size
+    return out
 
 
 class Job:
@@ -168,12 +198,28 @@ class CpuJobs:
         timeout: float,
         submit: Submitter,
         call_soon: CallSoon,
+        defer: Defer | None = None,
     ) -> None:
         self.pool = pool
         self.queue_limit = queue_limit
         self.timeout = timeout
         self._submit_fn = submit
         self._call_soon = call_soon
+        #: Runs the batch flush later in the front end's context (``loop.call_soon``): the requests admitted in
+        #: one loop pass go together. None (threads): each admission flushes what is ready at that moment.
+        self._defer = defer
+        #: How the pool takes several jobs in one submission (the process pool's ``batch_call``); None: one by one.
+        self._batch_call: Callable[..., tuple[Callable[..., Any], tuple[Any, ...]]] | None = getattr(
+            pool, "batch_call", None
+        )
+        #: Admitted jobs waiting for the flush that submits them, in admission order.
+        self._ready: list[Job] = []
+        self._flush_scheduled = False
+        #: Submissions (single jobs or batches) the executor holds. Capped at SUBMISSIONS_PER_WORKER per
+        #: worker: while every worker is busy, new requests gather here and leave as one batch when one
+        #: finishes, instead of queueing one by one in the executor (where they could not start sooner).
+        self._outstanding = 0
+        self._max_outstanding = SUBMISSIONS_PER_WORKER * max(pool.workers, 1)
         self._lock = threading.Lock()
         self._jobs: dict[int, Job] = {}
         self._ids = itertools.count(1)
@@ -187,6 +233,9 @@ class CpuJobs:
         self.timeouts = 0
         self.resubmitted = 0
         self.worker_failures = 0
+        #: Submissions that carried more than one job, and the jobs they carried.
+        self.batches = 0
+        self.batched_jobs = 0
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
         if timeout > 0:
@@ -202,6 +251,7 @@ class CpuJobs:
         callback thread (under the threaded front end).
         """
         job: Job | None = None
+        batching = flush_now = False
         with self._lock:
             waiting = len(self._jobs) - self.pool.workers
             shed_before = self._rejected_before_shedding
@@ -213,6 +263,11 @@ class CpuJobs:
                 job = Job(next(self._ids), self._free_slots.pop(), action, on_reply, client_id)
                 self._jobs[job.id] = job
                 self._rejected_before_shedding = None
+                batching = self._batch_call is not None
+                if batching:
+                    self._ready.append(job)
+                    flush_now = not self._flush_scheduled
+                    self._flush_scheduled = True
         if job is None:
             if shed_before is None:  # one line per shedding episode, not per shed request
                 log.warning("cpu_shedding_started", waiting=waiting, limit=self.queue_limit)
@@ -220,8 +275,97 @@ class CpuJobs:
             return None
         if shed_before is not None:
             log.info("cpu_shedding_stopped", rejected=self.rejected_busy - shed_before)
-        self._submit(job)
+        if not batching:
+            self._submit(job)
+        elif flush_now:
+            if self._defer is None:
+                self._flush()
+            else:
+                self._defer(self._flush)
         return job
+
+    # -- batches -----------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        """Submit every job admitted since the last flush: alone, or split in batches across the workers.
+
+        A lone request goes at once as itself (no added latency at low load).
+        Several go as at most one batch per worker, each of at most
+        :data:`MAX_BATCH_SIZE`, contiguous in admission order.
+        """
+        with self._lock:
+            self._flush_scheduled = False
+            room = self._max_outstanding - self._outstanding
+            if room <= 0 or not self._ready:
+                return  # a finishing submission flushes again (_submission_done)
+            take = min(len(self._ready), room * MAX_BATCH_SIZE)
+            ready, self._ready = self._ready[:take], self._ready[take:]
+        for group in split_batches(ready, min(room, self.pool.workers)):
+            if len(group) == 1:
+                self._submit(group[0])
+            else:
+                self._submit_batch(group)
+
+    def _submit_batch(self, group: list[Job]) -> None:
+        pool = self.pool
+        executor = pool.executor
+        assert self._batch_call is not None
+        fn, args = self._batch_call([(job.id, job.slot, job.action.func, job.action.args) for job in group])
+        for job in group:  # first submission: the watcher has seen no start for these jobs yet
+            job.executor = executor
+        try:
+            future = self._submit_fn(executor, fn, *args)
+        except concurrent.futures.BrokenExecutor:
+            pool.replace_broken(executor)  # broke before these reached it: each tries the fresh one
+            for job in group:
+                self._submit(job)
+            return
+        except RuntimeError:  # shut down: the server is stopping
+            for job in group:
+                self._finish(job, encode_error(POOL_UNAVAILABLE), release=True)
+            return
+        self.batches += 1
+        self.batched_jobs += len(group)
+        with self._lock:
+            self._outstanding += 1
+        for job in group:
+            job.future = future
+        future.add_done_callback(functools.partial(self._on_batch_done, group))
+
+    def _on_batch_done(self, group: list[Job], future: _JobFuture) -> None:
+        """A batch came back, or its executor is gone: answer each job, or rerun the innocent ones.
+
+        When the worker died under the batch, only the job it was running (the
+        last of the batch with a start mark) is answered with the error; the
+        jobs it had finished (their results died with it) and those it had not
+        reached are resubmitted: cpu commands are pure, running one again is safe.
+        """
+        self._submission_done()
+        live = [job for job in group if job.future is future]  # not since resubmitted alone
+        if not future.cancelled():
+            error = future.exception()
+            if error is None:
+                for job, tagged in zip(group, future.result(), strict=True):
+                    if job.future is future:
+                        self._finish(job, cpu_reply(tagged), release=True)
+                return
+            if not isinstance(error, concurrent.futures.BrokenExecutor):
+                for job in live:
+                    self._finish(job, cpu_failure_reply(error), release=True)
+                return
+            self.pool.replace_broken(group[0].executor)
+        executor = group[0].executor
+        running = None
+        if executor not in self._stopped:
+            started = [job for job in live if self.pool.job_started(executor, job.id, job.slot) is not None]
+            running = started[-1] if started else None
+        for job in live:
+            if job.settled or job.abandoned:
+                self._finish(job, b"", release=True)
+            elif job is running:
+                self.worker_failures += 1
+                self._finish(job, encode_error(WORKER_DIED), release=True)
+            else:
+                self._resubmit(job)
 
     def abandon(self, job: Job) -> None:
         """The client that asked for ``job`` has gone: its reply is dropped, and it is not resubmitted.
@@ -254,11 +398,27 @@ class CpuJobs:
             except RuntimeError:  # shut down: the server is stopping
                 break
             job.future = future
+            with self._lock:
+                self._outstanding += 1
             future.add_done_callback(functools.partial(self._on_done, job))
             return
         self._finish(job, encode_error(POOL_UNAVAILABLE), release=True)
 
+    def _submission_done(self) -> None:
+        """A submission left the executor: if requests gathered meanwhile, flush them now."""
+        with self._lock:
+            self._outstanding -= 1
+            flush = bool(self._ready) and not self._flush_scheduled
+            if flush:
+                self._flush_scheduled = True
+        if flush:
+            if self._defer is None:
+                self._flush()
+            else:
+                self._defer(self._flush)
+
     def _on_done(self, job: Job, future: _JobFuture) -> None:
+        self._submission_done()
         if future is not job.future:
             return  # an earlier submission of a job since resubmitted
         if not future.cancelled():
@@ -373,6 +533,8 @@ class CpuJobs:
             "cpu_timeouts": self.timeouts,
             "cpu_jobs_resubmitted": self.resubmitted,
             "cpu_worker_failures": self.worker_failures,
+            "cpu_batches": self.batches,
+            "cpu_jobs_batched": self.batched_jobs,
         }
 
     def close(self) -> None:
@@ -380,7 +542,9 @@ class CpuJobs:
         self._closed.set()
 
 
-def attach_pool(state: ServerState, pool: CpuBackend, *, submit: Any, call_soon: Any) -> CpuJobs:
+def attach_pool(
+    state: ServerState, pool: CpuBackend, *, submit: Any, call_soon: Any, defer: Defer | None = None
+) -> CpuJobs:
     """Record a started ``pool`` on ``state`` and put the cpu-job policy in front of it.
 
     ``submit`` and ``call_soon`` are the front end's: ``loop.run_in_executor``
@@ -396,6 +560,7 @@ def attach_pool(state: ServerState, pool: CpuBackend, *, submit: Any, call_soon:
         timeout=config.cpu_timeout,
         submit=submit,
         call_soon=call_soon,
+        defer=defer,
     )
     return state.cpu_jobs
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from server.cpu.backend import JobStart
-from server.cpu.worker import _SLOT_FIELDS, _warm_up, _worker_init, run_job
+from server.cpu.worker import _SLOT_FIELDS, _warm_up, _worker_init, run_batch, run_job
 
 if TYPE_CHECKING:
     from server.config import Config
@@ -121,6 +121,12 @@ class CpuPool:
     ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         """The callable and arguments to submit to :attr:`executor` for one job (``0 <= slot < job_slots``)."""
         return run_job, (job_id, slot, func, args)
+
+    def batch_call(
+        self, items: list[tuple[int, int, Callable[..., Any], tuple[Any, ...]]]
+    ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """The callable and arguments to submit for several jobs at once: ``(job_id, slot, func, args)`` each."""
+        return run_batch, (items,)
 
     def job_started(self, executor: object, job_id: int, slot: int) -> JobStart | None:
         """Whether job ``job_id`` has started on ``executor``, and on which worker since when; else None."""

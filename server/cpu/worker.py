@@ -178,3 +178,15 @@ def run_job(job_id: int, slot: int, func: Callable[..., Any], args: tuple[Any, .
             "cpu_command_failed", function=getattr(func, "__name__", "?"), exc_info=True
         )
         return ERROR_TAG, f"ERR {type(exc).__name__}: {_describe(exc)}"
+
+
+def run_batch(items: list[tuple[int, int, Callable[..., Any], tuple[Any, ...]]]) -> list[tuple[int, Any]]:
+    """What the pool runs for cpu requests that were ready together: :func:`run_job` for each, in order.
+
+    One submission, one pickle each way and one result for the lot, instead of
+    one per request: per-call machinery, not computation, is what a small cpu
+    request costs (issue 12). Each job still marks its own start, so timeouts
+    count each request's own running time and a worker that dies costs only
+    the job it was running (server.cpu.jobs reruns the others of the batch).
+    """
+    return [run_job(job_id, slot, func, args) for job_id, slot, func, args in items]

@@ -37,7 +37,7 @@ from server.errors import StartupError
 from server.frontends import tls
 from server.frontends.lifecycle import ServerBase, SignalPolicy
 from server.limits.constants import EXPIRE_SWEEP_INTERVAL, LISTEN_BACKLOG, READ_CHUNK_SIZE, WRITE_BUFFER_HIGH_WATER
-from server.limits.resources import RateLimitedLog, clients_cron_interval, descriptors_exhausted
+from server.limits.resources import RateLimitedLog, clients_cron_interval, descriptors_exhausted, return_freed_memory
 from server.protocol import encode_reply
 from server.store.state import format_address
 
@@ -94,6 +94,7 @@ class LoopConnection(ConnectionCore, asyncio.Protocol):
             client,
             defer=server.jobs.loop.call_soon,  # big reads are served a slice per loop pass
         )
+        client.push = self.push  # pub/sub delivery: the core writes pushed messages on this loop's transport
         self.server = server
         #: Created on demand (shutdown waits on it), so an idle connection does not carry a future.
         self._closed_waiter: asyncio.Future[None] | None = None
@@ -153,7 +154,8 @@ class AsyncServer(ServerBase):
         self.prepare()
         loop = asyncio.get_running_loop()
         pool = await asyncio.to_thread(self.new_pool)
-        self.start_cpu(pool, submit=loop.run_in_executor, call_soon=loop.call_soon_threadsafe)
+        # defer: the cpu requests admitted in one loop pass go to the pool together (server.cpu.jobs batches).
+        self.start_cpu(pool, submit=loop.run_in_executor, call_soon=loop.call_soon_threadsafe, defer=loop.call_soon)
         self.jobs = LoopJobs(loop, self.cpu_jobs)
         config = self.config
         self._server = await asyncio.start_server(
@@ -209,6 +211,9 @@ class AsyncServer(ServerBase):
 
     def _clients_cron(self) -> None:
         """Close clients past a deadline; say so when descriptors ran out (uvloop drops new connections silently)."""
+        if self.state.trim_wanted:
+            self.state.trim_wanted = False
+            return_freed_memory()
         self._check_listeners()
         now = time.monotonic()
         for connection in list(self.connections):

@@ -25,7 +25,9 @@ from server.connection.core import ConnectionCore, Job
 from server.cpu.backend import cpu_reply
 from server.cpu.jobs import CpuJobs
 from server.cpu.worker import run_cpu
+from server.frontends.pushes import PushDrainer, over_pubsub_limits
 from server.limits.constants import READ_CHUNK_SIZE, WRITE_BUFFER_HIGH_WATER
+from server.limits.resources import PUBSUB_OUTPUT_BUFFER
 from server.protocol import encode_reply
 
 #: SO_LINGER on, 0 seconds: close() resets the connection and discards unsent data.
@@ -37,8 +39,11 @@ class SocketTransport:
 
     Thread safety: the connection's own thread does everything except
     :meth:`close` / :meth:`abort`, which the clients cron or shutdown may call
-    from another thread: they only shut the socket down, which wakes the
-    connection's thread from ``recv`` or ``sendall``.
+    from another thread (they only shut the socket down, which wakes the
+    connection's thread from ``recv`` or ``sendall``), and :meth:`push`, which
+    publishers call (server.frontends.pushes): while the connection's thread
+    serves a chunk (``busy``, between :meth:`begin` and :meth:`end`) it alone
+    touches the buffer; otherwise publishers and the drainer do, under ``lock``.
     """
 
     def __init__(self, sock: socket.socket) -> None:
@@ -52,8 +57,16 @@ class SocketTransport:
         self._write_paused = False
         #: Set by close()/abort(): the read loop ends once what is queued is sent.
         self.closing = False
-        #: Bytes handed to the kernel (INFO total_net_output_bytes is counted by the core when it writes).
-        self.sent = 0
+        #: Guards the buffer and the socket's send side while the connection's own thread is not serving.
+        self.lock = threading.Lock()
+        #: The connection's own thread is serving a chunk: pushes from other threads wait in ``_inbox``.
+        self.busy = False
+        self._inbox: list[bytes] = []
+        self._inbox_size = 0
+        #: Sends what pushes left in the buffer once the socket is writable (set by the threaded server).
+        self.drainer: PushDrainer | None = None
+        #: Since when the pushed bytes waiting have been over the pub/sub soft limit (0.0: they are not).
+        self.pubsub_soft_since = 0.0
 
     # -- the Transport protocol ------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -90,13 +103,79 @@ class SocketTransport:
     def abort(self) -> None:
         """Close at once, dropping what is unsent (RST)."""
         self.closing = True
-        self._out.clear()
-        self._out_size = 0
+        with self.lock:
+            self._out.clear()
+            self._out_size = 0
+            self._inbox.clear()
         with contextlib.suppress(OSError):
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT_LINGER)
         self._shutdown()
 
+    # -- pub/sub, from other threads ----------------------------------------------------------------
+    def push(self, data: bytes) -> None:
+        """A pub/sub message for this client (its ``client.push``), from any thread; never blocks on the client."""
+        if threading.current_thread() is self.thread and self.core is not None:
+            self.core.push(data)  # published to itself: ordered as Redis orders it, by the core
+            return
+        watch = False
+        with self.lock:
+            if self.closing:
+                return
+            if self.busy or self._tls:
+                self._inbox.append(data)
+                self._inbox_size += len(data)
+                unsent = self._out_size + self._inbox_size
+            else:
+                self._out.append(data)
+                self._out_size += len(data)
+                self._send_nowait()
+                unsent = self._out_size
+                watch = unsent > 0 and self.drainer is not None
+            cut, self.pubsub_soft_since = over_pubsub_limits(unsent, self.pubsub_soft_since, time.monotonic())
+        if cut and self.core is not None:
+            self.core.close_for(PUBSUB_OUTPUT_BUFFER, unsent=unsent)
+        elif watch and self.drainer is not None:
+            self.drainer.watch(self)
+
+    def send_pushed(self) -> bool:
+        """The drainer's turn (socket writable): send what pushes left; True when nothing is left for it."""
+        with self.lock:
+            if self.busy or self.closing:
+                return True  # the connection's own thread sends it with its next replies
+            self._send_nowait()
+            return not self._out
+
+    def _send_nowait(self) -> None:
+        """Under the lock: send what the kernel takes now, keep the rest."""
+        if not self._out:
+            return
+        data = b"".join(self._out)
+        sent = 0
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            sent = self.sock.send(data, socket.MSG_DONTWAIT)
+        rest = len(data) - sent
+        self._out = [memoryview(data)[sent:]] if rest else []
+        self._out_size = rest
+
     # -- for the driver ----------------------------------------------------------------------------
+    def begin(self) -> None:
+        """The connection's thread is about to serve a chunk: it owns the buffer until :meth:`end`."""
+        with self.lock:
+            self.busy = True
+
+    def end(self) -> None:
+        """After the chunk's replies: send the messages pushed meanwhile, then give the buffer back."""
+        while True:
+            with self.lock:
+                if not self._inbox:
+                    self.busy = False
+                    return
+                pushed, self._inbox, self._inbox_size = self._inbox, [], 0
+            for data in pushed:
+                self._out.append(data)
+                self._out_size += len(data)
+            self.flush()
+
     def flush(self) -> None:
         """Send everything queued, blocking; the write deadline runs while the client does not read."""
         if not self._out:
@@ -139,16 +218,19 @@ class ThreadConnection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while not transport.closing:
             if self.stop_requested:
+                transport.begin()
                 self._serve_what_arrived(core)
                 core.stop_reading()
                 break
             data = sock.recv(READ_CHUNK_SIZE)
+            transport.begin()
             if not data:
                 core.eof_received()
                 break
             core.data_received(data)
             if not transport.closing or transport.get_write_buffer_size():
                 transport.flush()
+            transport.end()
         transport.flush()
 
     def _serve_what_arrived(self, core: ConnectionCore) -> None:

@@ -60,8 +60,8 @@ class ServerBase:
         self.config = fit_open_files(self.state)
         self.ssl_context = tls.server_context_or_exit(self.config)
 
-    def start_cpu(self, pool: CpuBackend | None, *, submit: Any, call_soon: Any) -> None:
-        """Attach a started pool (``None`` with ``--cpu inline``) with the driver's submit / call_soon."""
+    def start_cpu(self, pool: CpuBackend | None, *, submit: Any, call_soon: Any, defer: Any = None) -> None:
+        """Attach a started pool (``None`` with ``--cpu inline``) with the driver's submit / call_soon / defer."""
         if pool is None:
             if self.mode == "async":
                 log.warning(
@@ -70,7 +70,7 @@ class ServerBase:
                 )
             return
         self.pool = pool
-        self.cpu_jobs = attach_pool(self.state, pool, submit=submit, call_soon=call_soon)
+        self.cpu_jobs = attach_pool(self.state, pool, submit=submit, call_soon=call_soon, defer=defer)
 
     def new_pool(self) -> CpuBackend | None:
         """Start the configured cpu executor (blocking; pre-warmed), or None with ``--cpu inline``."""

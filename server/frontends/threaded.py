@@ -33,8 +33,9 @@ from server.errors import StartupError
 from server.frontends import tls
 from server.frontends.blocking import SocketTransport, ThreadConnection
 from server.frontends.lifecycle import ServerBase, SignalPolicy
+from server.frontends.pushes import PushDrainer
 from server.limits.constants import ACCEPT_RETRY_DELAY, EXPIRE_SWEEP_INTERVAL, LISTEN_BACKLOG
-from server.limits.resources import ACCEPT_RESOURCE_ERRNOS, RateLimitedLog, clients_cron_interval
+from server.limits.resources import ACCEPT_RESOURCE_ERRNOS, RateLimitedLog, clients_cron_interval, return_freed_memory
 from server.store.state import format_address
 
 log = structlog.get_logger("crossdock.threaded")
@@ -106,11 +107,13 @@ class ThreadedServer(ServerBase):
         self._stop = threading.Event()
         self.stopping = threading.Event()
         self._accept_log = RateLimitedLog("accept_failed_retrying")
+        self._drainer: PushDrainer | None = None
 
     def start(self) -> None:
         """Size descriptors and load TLS, start the pool, bind, accept; log ``started``."""
         self.prepare()
         self.start_cpu(self.new_pool(), submit=threaded_submit, call_soon=call_directly)
+        self._drainer = PushDrainer()
         config = self.config
         self._tcp = _TCPServer((config.host, config.port), self)
         threading.Thread(
@@ -161,6 +164,8 @@ class ThreadedServer(ServerBase):
             log.warning("shutdown_timeout_closing", connections=len(leftover))
             for driver in leftover:
                 driver.transport.abort()
+        if self._drainer is not None:
+            self._drainer.stop()
         self.stop_services()
 
     def _every(self, interval: float, tick: Any) -> None:
@@ -193,6 +198,9 @@ class ThreadedServer(ServerBase):
 
     def _clients_cron(self) -> None:
         """Close the clients that overran a deadline (idle, request, write): their socket is shut down."""
+        if self.state.trim_wanted:
+            self.state.trim_wanted = False
+            return_freed_memory()
         now = time.monotonic()
         with self._connections_lock:
             for core in self._connections.values():
@@ -232,6 +240,8 @@ class ThreadedServer(ServerBase):
         driver = ThreadConnection(transport, self.cpu_jobs)
         core = ConnectionCore(transport, driver, self.state, self.dispatcher, self.registry, client)
         transport.core = core
+        transport.drainer = self._drainer
+        client.push = transport.push  # pub/sub delivery from publishers' threads (server.frontends.pushes)
         with self._connections_lock:
             self._connections[driver] = core
             self._threads.add(threading.current_thread())

@@ -69,3 +69,13 @@ CLIENTS_CRON_MAX_INTERVAL = 1.0
 #: Shortest pause between two passes of the clients cron, whatever the timeouts (sub-second timeouts are for
 #: tests; the walk over every client must not become a busy loop).
 CLIENTS_CRON_MIN_INTERVAL = 0.05
+
+# -- pub/sub (issue 13) ---------------------------------------------------------------------------------------------
+
+#: Redis's default ``client-output-buffer-limit pubsub 32mb 8mb 60``: a subscriber whose unsent output (held by
+#: the server plus the transport's buffer) passes the hard limit is cut off at once; one that stays above the
+#: soft limit for the soft period is cut off too. Redis's "mb" is MiB. A subscriber that does not read is dropped
+#: without slowing the publisher or the other subscribers: a PUBLISH only ever appends to its buffer.
+PUBSUB_OUTPUT_HARD_LIMIT = 32 * 1024 * 1024
+PUBSUB_OUTPUT_SOFT_LIMIT = 8 * 1024 * 1024
+PUBSUB_OUTPUT_SOFT_SECONDS = 60.0

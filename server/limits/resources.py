@@ -18,6 +18,7 @@ own way (a transport abort on the loop, a socket shutdown under threads).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import resource
@@ -56,6 +57,8 @@ REQUEST_TIMEOUT = "request_timeout"
 WRITE_TIMEOUT = "write_timeout"
 QUERY_BUFFER = "query_buffer_limit"
 OUTPUT_BUFFER = "output_buffer_limit"
+#: A subscriber past the pub/sub output limits (PUBSUB_OUTPUT_* in server.limits.constants).
+PUBSUB_OUTPUT_BUFFER = "pubsub_output_buffer_limit"
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,7 @@ _STAT_BY_REASON = {
     WRITE_TIMEOUT: "client_write_timeout_disconnections",
     QUERY_BUFFER: "client_query_buffer_limit_disconnections",
     OUTPUT_BUFFER: "client_output_buffer_limit_disconnections",
+    PUBSUB_OUTPUT_BUFFER: "pubsub_output_buffer_limit_disconnections",
 }
 
 
@@ -235,3 +239,17 @@ class RateLimitedLog:
         suppressed, self._suppressed = self._suppressed, 0
         log.warning(self.event, suppressed=suppressed, **fields)
         return True
+
+
+def return_freed_memory() -> bool:
+    """Give the heap glibc keeps after big frees back to the system (``malloc_trim(0)``); False where unavailable.
+
+    Called by the clients cron after a client with a big output buffer was cut or left, and after FLUSHDB:
+    without it, RSS stays at its peak after the memory is freed.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from server import REDIS_COMPAT_VERSION, __version__
 from server.observability.instance import info_fields
+from server.protocol import CORE
 from server.store.commandstats import LATENCY_PERCENTILES
 from server.store.slowlog import SLOWLOG_MAX_LEN
 from server.store.state import ServerState
@@ -47,6 +48,7 @@ def _server(state: ServerState) -> dict[str, object]:
         "arch_bits": 64 if sys.maxsize > 2**32 else 32,
         "multiplexing_api": "uvloop" if config.mode == "async" else "threads",
         "python_version": platform.python_version(),
+        "crossdock_core": CORE,  # the request/reply parser core: "cython" (compiled) or "pure"
         "process_id": state.process_id,
         "run_id": state.run_id,
         "tcp_port": state.bound_port,
@@ -67,7 +69,12 @@ def _clients(state: ServerState) -> dict[str, object]:
 
 def _memory(state: ServerState) -> dict[str, object]:
     rss = _rss_bytes()
-    return {"used_memory_rss": rss, "used_memory_rss_human": f"{rss / 1024 / 1024:.2f}M"}
+    return {
+        "used_memory_rss": rss,
+        "used_memory_rss_human": f"{rss / 1024 / 1024:.2f}M",
+        # Redis's name for the output buffers of normal clients: what --output-budget bounds.
+        "mem_clients_normal": state.output_bytes,
+    }
 
 
 def _stats(state: ServerState) -> dict[str, object]:
@@ -83,6 +90,12 @@ def _stats(state: ServerState) -> dict[str, object]:
         "client_idle_timeout_disconnections": stats.client_idle_timeout_disconnections,
         "client_request_timeout_disconnections": stats.client_request_timeout_disconnections,
         "client_write_timeout_disconnections": stats.client_write_timeout_disconnections,
+        "pubsub_channels": state.pubsub.channel_count,
+        "pubsub_patterns": state.pubsub.pattern_count,
+        # crossdock's own, beside Redis's two above: fan-out volume and subscribers cut off by the pub/sub limit.
+        "pubsub_messages_published": state.pubsub.stats.messages_published,
+        "pubsub_messages_delivered": state.pubsub.stats.messages_delivered,
+        "pubsub_output_buffer_limit_disconnections": stats.pubsub_output_buffer_limit_disconnections,
         "accept_resource_errors": stats.accept_resource_errors,
         "expired_keys": state.keyspace.expired_keys,
         "total_error_replies": stats.total_error_replies,
@@ -139,7 +152,7 @@ def pool_figures(state: ServerState) -> dict[str, int]:
 #: The fields :meth:`server.cpu.jobs.CpuJobs.info` reports (zeros when there is no pool).
 _CPU_JOB_FIELDS = (
     "cpu_jobs_in_flight", "cpu_jobs_running", "cpu_jobs_queued", "cpu_rejected_busy", "cpu_timeouts",
-    "cpu_jobs_resubmitted", "cpu_worker_failures",
+    "cpu_jobs_resubmitted", "cpu_worker_failures", "cpu_batches", "cpu_jobs_batched",
 )  # fmt: skip
 
 
@@ -203,6 +216,7 @@ def _limits(state: ServerState) -> dict[str, object]:
         "write_timeout": _seconds(config.write_timeout),
         "query_buffer_limit": config.query_buffer_limit,
         "output_buffer_limit": config.output_buffer_limit,
+        "output_budget": config.output_budget,
         "max_bulk_length": config.max_bulk_length,
         "open_files_limit": _open_files_limit(),
     }

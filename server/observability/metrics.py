@@ -102,8 +102,32 @@ class CrossdockCollector(Collector):
             "crossdock_net_output_bytes", "Bytes written to clients.", value=stats.total_net_output_bytes
         )
         yield GaugeMetricFamily("crossdock_keys", "Keys in the keyspace.", value=state.keyspace.size())
+        yield from self._pubsub()
         yield from self._requests()
         yield from self._pool()
+
+    def _pubsub(self) -> Iterator[Metric]:
+        state = self.state
+        hub = state.pubsub
+        yield GaugeMetricFamily(
+            "crossdock_pubsub_channels", "Channels with at least one subscriber.", value=hub.channel_count
+        )
+        yield GaugeMetricFamily(
+            "crossdock_pubsub_patterns", "Patterns with at least one subscriber.", value=hub.pattern_count
+        )
+        yield CounterMetricFamily(
+            "crossdock_pubsub_messages_published", "PUBLISH commands run.", value=hub.stats.messages_published
+        )
+        yield CounterMetricFamily(
+            "crossdock_pubsub_messages_delivered",
+            "Messages handed to subscribers (one PUBLISH to N subscribers counts N).",
+            value=hub.stats.messages_delivered,
+        )
+        yield CounterMetricFamily(
+            "crossdock_pubsub_subscribers_cut_off",
+            "Subscribers disconnected by the pub/sub output limit (32 MiB, or 8 MiB for 60 s).",
+            value=state.stats.pubsub_output_buffer_limit_disconnections,
+        )
 
     def _requests(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(

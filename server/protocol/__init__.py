@@ -19,8 +19,12 @@ Replies (clients)::
         ...                          # bytes, int, SimpleString, ErrorReply, None, list
 """
 
+from typing import TYPE_CHECKING
+
+from server.protocol import cores
 from server.protocol._redis_text import split_args, string2ll
 from server.protocol.errors import ProtocolError
+from server.protocol.incomplete import NOT_ENOUGH_DATA
 from server.protocol.reply import (
     NULL_ARRAY,
     OK,
@@ -35,10 +39,18 @@ from server.protocol.reply import (
     encode_integer,
     encode_reply,
 )
-from server.protocol.reply_parser import NOT_ENOUGH_DATA, ReplyParser
-from server.protocol.request_parser import RequestParser
+
+#: Which parser core runs in this process: ``"cython"`` or ``"pure"`` (see :mod:`server.protocol.cores`).
+CORE: str = cores.SELECTED.name
+if TYPE_CHECKING:  # both cores are the same source: type-check against the pure one
+    from server.protocol.reply_parser import ReplyParser
+    from server.protocol.request_parser import RequestParser
+else:
+    RequestParser = cores.SELECTED.request_parser.RequestParser
+    ReplyParser = cores.SELECTED.reply_parser.ReplyParser
 
 __all__ = [
+    "CORE",
     "NOT_ENOUGH_DATA",
     "NULL_ARRAY",
     "OK",

@@ -1,20 +1,29 @@
-"""RESP2 reply values and their encoder: Python values in, wire bytes out.
+"""Reply values and their encoders, RESP2 and RESP3: Python values in, wire bytes out.
 
-Commands return plain Python values and the front ends encode them once:
+Commands return plain Python values; the dispatcher encodes each one once,
+in the protocol its client chose with HELLO (:func:`encode_reply` for RESP2,
+:func:`encode_reply3` for RESP3, the shapes Redis 7.0 sends):
 
-=====================  ==========================
-Python value           RESP2 on the wire
-=====================  ==========================
-``SimpleString("OK")`` ``+OK\\r\\n``
-``ErrorReply("ERR x")`` ``-ERR x\\r\\n``
-``int`` (and ``bool``) ``:42\\r\\n``
-``bytes`` / ``str``    ``$5\\r\\nhello\\r\\n`` (str as UTF-8)
-``None``               ``$-1\\r\\n`` (null bulk)
-``list`` / ``tuple``   ``*N\\r\\n`` then each element
-``NULL_ARRAY``         ``*-1\\r\\n``
-``RawReply(b"...")``   the bytes verbatim (precomputed constants)
-``float``              a bulk string, as Redis sends doubles in RESP2
-=====================  ==========================
+=========================  ===========================  ==============================
+Python value               RESP2 on the wire            RESP3 on the wire
+=========================  ===========================  ==============================
+``SimpleString("OK")``     ``+OK``                      same
+``ErrorReply("ERR x")``    ``-ERR x``                   same
+``int``                    ``:42``                      same
+``bool``                   ``:1`` / ``:0``              ``#t`` / ``#f``
+``bytes`` / ``str``        ``$5 hello`` (str as UTF-8)  same
+``Verbatim("text")``       ``$N text``                  ``=N txt:text``
+``None`` / ``NULL_ARRAY``  ``$-1`` / ``*-1``            ``_``
+``list`` / ``tuple``       ``*N`` then each element     same
+``SetReply([...])``        ``*N``                       ``~N``
+``PushReply([...])``       ``*N``                       ``>N`` (out-of-band: pub/sub)
+``dict``                   ``*2N`` key, value, ...      ``%N`` key, value, ...
+``float``                  ``$N`` of its repr           ``,1.5`` (``,inf``, ``,-inf``, ``,nan``)
+``RawReply(b"...")``       the bytes as they are        the bytes as they are
+=========================  ===========================  ==============================
+
+``RawReply`` constants are protocol-neutral except :data:`NULL_BULK`, which
+the dispatcher swaps for ``_`` on a RESP3 connection (:func:`resp3_raw`).
 """
 
 from __future__ import annotations
@@ -56,7 +65,26 @@ class _NullArray:
 
 NULL_ARRAY: Final = _NullArray()
 
-Reply: TypeAlias = "SimpleString | ErrorReply | RawReply | int | bytes | str | float | list[Reply] | tuple[Reply, ...] | _NullArray | None"  # noqa: E501
+
+class Verbatim(str):
+    """Text a person reads (INFO, CLIENT LIST): a bulk string in RESP2, a ``txt`` verbatim string in RESP3."""
+
+    __slots__ = ()
+
+
+class SetReply(list):
+    """An unordered collection Redis sends as a RESP3 set (``~N``); an array in RESP2. Order is kept as given."""
+
+    __slots__ = ()
+
+
+class PushReply(list):
+    """An out-of-band message (pub/sub): ``>N`` in RESP3, an ordinary array in RESP2."""
+
+    __slots__ = ()
+
+
+Reply: TypeAlias = "SimpleString | ErrorReply | RawReply | int | bytes | str | float | list[Reply] | tuple[Reply, ...] | dict[Reply, Reply] | _NullArray | None"  # noqa: E501
 
 # Precomputed replies for the constants a hot path sends most.
 OK: Final = RawReply(b"+OK\r\n")
@@ -66,6 +94,8 @@ QUEUED: Final = RawReply(b"+QUEUED\r\n")
 ZERO: Final = RawReply(b":0\r\n")
 ONE: Final = RawReply(b":1\r\n")
 EMPTY_ARRAY: Final = RawReply(b"*0\r\n")
+#: RESP3's one null, for every RESP2 null (``$-1`` and ``*-1``).
+RESP3_NULL: Final = RawReply(b"_\r\n")
 
 _CRLF = b"\r\n"
 _SMALL_INTS = [f":{i}\r\n".encode() for i in range(-1, 1024)]
@@ -125,11 +155,77 @@ def _encode_into(value: object, out: list[bytes]) -> None:
             _encode_into(item, out)
     elif value is NULL_ARRAY:
         out.append(b"*-1\r\n")
+    elif isinstance(value, dict):
+        out.append(b"*%d\r\n" % (2 * len(value)))
+        for key, item in value.items():
+            _encode_into(key, out)
+            _encode_into(item, out)
     elif isinstance(value, float):
         data = repr(value).encode()
         out.append(b"$%d\r\n%b\r\n" % (len(data), data))
     else:
         raise TypeError(f"cannot encode {type(value).__name__} as a RESP2 reply")
+
+
+#: RESP3 doubles that are not finite, spelled as Redis spells them.
+_SPECIAL_DOUBLES: Final = {float("inf"): b",inf\r\n", float("-inf"): b",-inf\r\n"}
+
+
+def _encode3_into(value: object, out: list[bytes]) -> None:
+    # RESP2's order, with RESP3's own types first where a subclass would otherwise be taken for its base.
+    if isinstance(value, RawReply):
+        out.append(RESP3_NULL if value is NULL_BULK else value)
+    elif isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    elif isinstance(value, SimpleString):
+        out.append(b"+" + _sanitize_line(value).encode() + _CRLF)
+    elif isinstance(value, ErrorReply):
+        out.append(encode_error(value))
+    elif isinstance(value, Verbatim):
+        data = value.encode()
+        out.append(b"=%d\r\ntxt:%b\r\n" % (len(data) + 4, data))
+    elif isinstance(value, str):
+        data = value.encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    elif isinstance(value, bool):
+        out.append(b"#t\r\n" if value else b"#f\r\n")
+    elif isinstance(value, int):
+        out.append(encode_integer(int(value)))
+    elif value is None or value is NULL_ARRAY:
+        out.append(RESP3_NULL)
+    elif isinstance(value, list | tuple):
+        prefix = b">" if isinstance(value, PushReply) else b"~" if isinstance(value, SetReply) else b"*"
+        out.append(b"%b%d\r\n" % (prefix, len(value)))
+        for item in value:
+            _encode3_into(item, out)
+    elif isinstance(value, dict):
+        out.append(b"%%%d\r\n" % len(value))
+        for key, item in value.items():
+            _encode3_into(key, out)
+            _encode3_into(item, out)
+    elif isinstance(value, float):
+        special = _SPECIAL_DOUBLES.get(value)
+        if special is not None:
+            out.append(special)
+        else:
+            out.append(b",nan\r\n" if value != value else b",%b\r\n" % repr(value).encode())
+    else:
+        raise TypeError(f"cannot encode {type(value).__name__} as a RESP3 reply")
+
+
+def encode_reply3(value: object) -> bytes:
+    """Encode any :data:`Reply` value to RESP3 bytes (see the table above); errors as :func:`encode_reply`."""
+    if isinstance(value, RawReply):
+        return RESP3_NULL if value is NULL_BULK else value
+    out: list[bytes] = []
+    _encode3_into(value, out)
+    return out[0] if len(out) == 1 else b"".join(out)
+
+
+def encode_for(value: object, resp: int) -> bytes:
+    """Encode ``value`` in the protocol a client speaks (``ClientState.resp``: 2 or 3)."""
+    return encode_reply(value) if resp == 2 else encode_reply3(value)
 
 
 def encode_reply(value: object) -> bytes:

@@ -36,9 +36,12 @@ from collections.abc import Iterator, Sequence
 #: keeps the array small enough (2048 slots) to sum at scrape time without stalling the event loop.
 SUB_BUCKET_BITS = 5
 
-#: Values below this many nanoseconds get a slot each (2 ** (SUB_BUCKET_BITS + 1) = 64).
-_LINEAR_LIMIT_BITS = SUB_BUCKET_BITS + 1
-_SUB_MASK = (1 << SUB_BUCKET_BITS) - 1
+#: Values of at most this many bits (below 2 ** (SUB_BUCKET_BITS + 1) = 64 ns) get a slot each.
+LINEAR_LIMIT_BITS = SUB_BUCKET_BITS + 1
+#: The sub-bucket bits of a slot.
+SUB_MASK = (1 << SUB_BUCKET_BITS) - 1
+_LINEAR_LIMIT_BITS = LINEAR_LIMIT_BITS
+_SUB_MASK = SUB_MASK
 #: Slots from 64 up to the first slot of 7-bit values (7 << 5 = 224) are never used.
 _FIRST_UNUSED_SLOT = 1 << _LINEAR_LIMIT_BITS
 _FIRST_LOG_SLOT = (_LINEAR_LIMIT_BITS + 1) << SUB_BUCKET_BITS
@@ -51,7 +54,10 @@ LATENCY_PERCENTILES: tuple[float, ...] = (50.0, 99.0, 99.9)
 
 
 def histogram_slot(ns: int) -> int:
-    """The histogram slot of a duration in nanoseconds (the dispatcher inlines this same expression)."""
+    """The histogram slot of a duration in nanoseconds.
+
+    The dispatcher inlines this same expression, with these same constants, to save a call per request.
+    """
     bits = ns.bit_length()
     if bits <= _LINEAR_LIMIT_BITS:
         return ns

@@ -14,11 +14,13 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from server.store.commandstats import CommandStatsTable
 from server.store.keyspace import Keyspace, LockedKeyspace
+from server.store.pubsub import PubSubHub
 from server.store.slowlog import SlowLog
 
 if TYPE_CHECKING:
@@ -43,6 +45,8 @@ class Stats:
     client_write_timeout_disconnections: int = 0
     client_query_buffer_limit_disconnections: int = 0
     client_output_buffer_limit_disconnections: int = 0
+    #: Subscribers cut off by the pub/sub output limits (server.limits.constants.PUBSUB_OUTPUT_*).
+    pubsub_output_buffer_limit_disconnections: int = 0
     #: accept() calls that failed for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) under
     #: threads; under uvloop, which handles those itself, clients cron passes that found the descriptor table full.
     accept_resource_errors: int = 0
@@ -72,6 +76,15 @@ class ClientState:
     request_started: float = 0.0
     #: Since when replies have been waiting for the client to take them (set only when a write could not finish).
     output_since: float = 0.0
+    # Pub/sub (server.store.pubsub fills these): subscriptions, and the driver's hook that sends a pushed message.
+    #: Send already-encoded bytes to this client now (set by the connection's driver; None: no pub/sub delivery).
+    push: Callable[[bytes], None] | None = None
+    channels: dict[bytes, None] = field(default_factory=dict)
+    patterns: dict[bytes, None] = field(default_factory=dict)
+    #: Channels plus patterns subscribed: nonzero puts a RESP2 client in subscribed mode.
+    subscriptions: int = 0
+    #: Since when a subscriber's unsent output has been over the pub/sub soft limit (0.0: it is not).
+    pubsub_soft_since: float = 0.0
 
     def describe(self) -> str:
         """This client as one CLIENT LIST line (Redis's field names, the subset that applies here)."""
@@ -79,7 +92,8 @@ class ClientState:
         return (
             f"id={self.id} addr={self.addr} laddr={self.laddr} fd={self.fd} "
             f"name={self.name.decode(errors='replace')} age={int(now - self.created)} "
-            f"idle={int(now - self.last_interaction)} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 "
+            f"idle={int(now - self.last_interaction)} flags={'P' if self.subscriptions else 'N'} db=0 "
+            f"sub={len(self.channels)} psub={len(self.patterns)} ssub=0 multi=-1 "
             f"cmd={self.last_command} user=default redir=-1 resp={self.resp} "
             f"lib-name={self.lib_name.decode(errors='replace')} lib-ver={self.lib_ver.decode(errors='replace')}"
         )
@@ -99,6 +113,10 @@ class ServerState:
         self._clients_lock = threading.Lock()
         #: Filled in by the front end once it is bound (port 0 picks one).
         self.bound_port: int = config.port
+        #: Unsent reply bytes of all clients as their connection cores last counted them (the --output-budget).
+        self.output_bytes = 0
+        #: Set when a client holding a big output buffer was cut: the clients cron returns freed heap to the system.
+        self.trim_wanted = False
         self.pool_size: int = 0
         #: The cpu pool, when there is one (INFO reports its restarts): a server.cpu backend. Typed loosely so the
         #: store does not import the cpu package above it (the layers run one way: cpu -> store).
@@ -107,6 +125,8 @@ class ServerState:
         self.cpu_jobs: Any = None
         #: Per-command calls, time, rejected/failed calls and latency histograms (INFO commandstats/latencystats).
         self.command_stats = CommandStatsTable()
+        #: Channels and patterns -> subscribers (PUBLISH, SUBSCRIBE, PUBSUB; INFO and metrics read its counters).
+        self.pubsub = PubSubHub()
         #: SLOWLOG's entries, newest first.
         self.slowlog = SlowLog()
         self.process_id = os.getpid()
@@ -125,6 +145,7 @@ class ServerState:
     def unregister_client(self, client: ClientState) -> None:
         with self._clients_lock:
             self.clients.pop(client.id, None)
+        self.pubsub.drop(client)
 
     def client_list(self) -> list[ClientState]:
         with self._clients_lock:
@@ -137,6 +158,7 @@ class ServerState:
         for item in dataclasses.fields(Stats):
             setattr(self.stats, item.name, getattr(fresh, item.name))
         self.command_stats.reset()
+        self.pubsub.reset_stats()
 
     @property
     def uptime_seconds(self) -> int:

@@ -15,6 +15,7 @@ from clients import (
     ConnectionLostError,
     ReplyError,
 )
+from server.protocol import cores
 from tests.client_fixtures import Endpoint, RedisServer, have_redis_server, slow_command
 
 pytest_plugins = ["tests.client_fixtures"]
@@ -244,11 +245,10 @@ def test_interrupted_call_keeps_later_replies_matched(endpoint: Endpoint, key: s
         signal.signal(signal.SIGALRM, previous)
 
 
-@pytest.mark.parametrize("use_hiredis", [True, False], ids=["hiredis", "pure-python"])
-def test_both_parser_backends(endpoint: Endpoint, key: str, use_hiredis: bool) -> None:
-    # Long replies (past the parser's hiredis threshold) and short ones, through each backend.
-    pytest.importorskip("hiredis") if use_hiredis else None
-    with connect(endpoint, use_hiredis=use_hiredis) as c:
+@pytest.mark.parametrize("core", list(cores.AVAILABLE))
+def test_both_parser_backends(endpoint: Endpoint, key: str, core: str) -> None:
+    # Long pipelined runs of replies and short ones, through each parser core built here.
+    with connect(endpoint, core=core) as c:
         with c.pipeline() as p:
             for i in range(300):
                 p.execute("ECHO", f"{i}" * 10)

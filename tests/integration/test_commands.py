@@ -73,7 +73,7 @@ def test_hello(server: ServerProcess) -> None:
         fields = dict(zip(reply[::2], reply[1::2], strict=True))
         assert fields[b"proto"] == 2 and fields[b"server"] == b"redis"
         assert conn.call("CLIENT", "GETNAME") == b"me"
-        assert conn.call("HELLO", 3) == ErrorReply("NOPROTO unsupported protocol version")
+        assert conn.call("HELLO", 4) == ErrorReply("NOPROTO unsupported protocol version")
         assert conn.call("HELLO", "x") == ErrorReply("ERR Protocol version is not an integer or out of range")
 
 

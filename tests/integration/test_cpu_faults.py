@@ -118,7 +118,9 @@ def test_killed_worker_with_many_jobs_in_flight_replaces_the_pool_once(
             assert [conn.read_reply() for conn in conns] == [ErrorReply(WORKER_DIED)] * 2 + [100] * 4
             stats = info(other)
             assert stats["pool_restarts"] == "1" and stats["cpu_worker_failures"] == "2"
-            assert int(stats["cpu_jobs_resubmitted"]) == 4
+            # Those the broken executor held were resubmitted; the rest were still gathering for the next batch
+            # (server.cpu.jobs keeps at most two submissions per worker in the executor) and went to the new one.
+            assert 2 <= int(stats["cpu_jobs_resubmitted"]) <= 4
     finally:
         for conn in conns:
             conn.close()
@@ -340,3 +342,23 @@ def test_workers_end_when_the_server_is_killed(mode: str) -> None:
             wait_for(lambda pid=pid: pid_gone(pid), f"worker {pid} exits after its server was killed")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_a_killed_worker_costs_only_the_running_request_of_its_batch(
+    mode: str, start: Callable[..., ServerProcess]
+) -> None:
+    """Pipelined cpu requests travel as one batch; a kill mid-batch fails the one running, the rest rerun."""
+    process = start(mode, "--workers", "1")
+    with process.connect() as conn, process.connect() as other:
+        (pid,) = map(int, info(other)["pool_worker_pids"].split(","))
+        conn.send_raw(b"".join(encode_command("BURN", 3000 if n == 0 else 50) for n in range(6)))
+        wait_for(lambda: info(other)["cpu_jobs_running"] == "1", "the batch's first job running")
+        if mode == "async":  # one read, one loop pass: the six went together
+            assert int(info(other)["cpu_jobs_batched"]) == 6
+        os.kill(pid, signal.SIGKILL)
+        replies = [conn.read_reply() for _ in range(6)]
+        assert replies == [ErrorReply(WORKER_DIED)] + [50] * 5
+        stats = info(other)
+        assert stats["cpu_worker_failures"] == "1"
+        wait_for(lambda: info(other)["cpu_jobs_in_flight"] == "0", "books back to 0")

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.commands import CommandContext, Dispatcher, default_registry
 from server.config import Config
-from server.protocol import ErrorReply
+from server.protocol import ErrorReply, cores
 from server.store.commandstats import HISTOGRAM_SLOTS, CommandStats, histogram_slot, slot_bounds
 from server.store.slowlog import SLOWLOG_MAX_LEN
 from server.store.state import ServerState
@@ -377,3 +377,19 @@ def test_noauth_is_a_rejected_call_and_auth_is_redacted_in_the_slow_log(
 
 def _client_with_password(server: ServerProcess) -> redis.Redis:
     return redis.Redis(host=server.host, port=server.port, protocol=2, password="s3cret", socket_timeout=CLIENT_TIMEOUT)
+
+
+@pytest.mark.parametrize("core", list(cores.AVAILABLE))
+def test_info_server_names_the_parser_core(core: str) -> None:
+    """INFO server says which parser core runs; CROSSDOCK_CORE picks it, and the server answers with it."""
+    process = ServerProcess("async", "inline", env={cores.CORE_ENV: core})
+    try:
+        client = _client(process)
+        assert client.info("server")["crossdock_core"] == core
+        with client.pipeline(transaction=False) as pipe:
+            for i in range(50):
+                pipe.set(f"k{i}", b"v" * i)
+                pipe.get(f"k{i}")
+            assert pipe.execute()[1::2] == [b"v" * i for i in range(50)]
+    finally:
+        process.stop()

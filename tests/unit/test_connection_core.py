@@ -10,8 +10,9 @@ import pytest
 
 from server.commands import RunCpu, Sleep
 from server.config import Config
-from server.limits.constants import FAIR_SHARE_BYTES, MAX_PENDING_REPLIES_PER_CLIENT
+from server.limits.constants import FAIR_SHARE_BYTES, MAX_PENDING_REPLIES_PER_CLIENT, WRITE_BUFFER_HIGH_WATER
 from server.limits.resources import IDLE_TIMEOUT, REQUEST_TIMEOUT, WRITE_TIMEOUT
+from server.protocol import encode_command
 from tests.unit.fakes import FakeLoop, make_core
 
 
@@ -244,3 +245,28 @@ def test_quit_inside_a_big_read_drops_the_rest() -> None:
         pass
     assert h.transport.output == b"+PONG\r\n" * 10 + b"+OK\r\n"
     assert h.transport.closed
+
+
+def test_the_server_wide_output_budget_cuts_clients_that_do_not_keep_up() -> None:
+    config = Config(output_budget=WRITE_BUFFER_HIGH_WATER * 6)
+    first, second = make_core(config), make_core(config)
+    second.core.state = first.state  # two connections of one server
+    for h in (first, second):
+        h.transport.peer_reads = False
+        h.core.pause_writing()
+    first.core.data_received(encode_command("ECHO", b"a" * (WRITE_BUFFER_HIGH_WATER * 5)))
+    assert not first.transport.closed  # alone under the budget
+    second.core.data_received(encode_command("ECHO", b"b" * (WRITE_BUFFER_HIGH_WATER * 5)))
+    assert second.transport.aborted  # the two together passed it: the one asking for more is cut
+    assert first.state.output_bytes < config.output_budget
+    first.core.connection_lost()
+    assert first.state.output_bytes == 0
+    assert first.state.trim_wanted  # a big buffer went away: freed heap is to be returned
+
+
+def test_a_client_that_reads_is_not_counted_against_the_budget() -> None:
+    h = make_core(Config(output_budget=1024 * 1024))
+    for _ in range(100):
+        h.core.data_received(encode_command("ECHO", b"c" * 100_000))
+    assert not h.transport.closed
+    assert h.state.output_bytes == 0

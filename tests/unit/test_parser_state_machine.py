@@ -21,7 +21,7 @@ at every step:
   again (every call raises the same error).
 
 At the end of each run the whole stream is parsed again, fed at once and byte
-by byte, on the pure and the hiredis path: the same requests and the same
+by byte, on every parser core (pure and compiled): the same requests and the same
 error after the same request as the live parser saw.
 
 The second half runs ``fuzz/fuzz_request_parser.py``'s ``check`` (the atheris
@@ -40,7 +40,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from server.protocol import ProtocolError, RequestParser, _hiredis_fast, encode_command, request_parser
+from server.protocol import ProtocolError, RequestParser, encode_command, request_parser
+from server.protocol.cores import AVAILABLE as CORES
 from server.protocol.limits import MAX_INLINE_SIZE
 from server.protocol.request_parser import (
     EXPECTED_DOLLAR,
@@ -49,7 +50,8 @@ from server.protocol.request_parser import (
     UNBALANCED_QUOTES,
 )
 
-PATHS = [False, True] if _hiredis_fast.AVAILABLE else [False]
+#: Every parser core built here: the machine runs on each, and the teardown compares them all.
+PATHS = list(CORES)
 
 #: The machine's parsers use small limits so that requests near them are cheap to build.
 MAX_BULK = 64
@@ -133,9 +135,15 @@ def inline_requests(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     return line + draw(st.sampled_from([b"\n", b"\r\n", b" \r\n"])), argv
 
 
-def parse_whole(data: bytes, sizes: int | None, use_hiredis: bool) -> tuple[list[list[bytes]], str | None]:
+def new_parser(core: str) -> RequestParser:
+    """A parser of the named core with the machine's small limits."""
+    cls = CORES[core].request_parser.RequestParser
+    return cls(max_bulk_length=MAX_BULK, max_multibulk_length=MAX_COUNT)  # type: ignore[no-any-return]
+
+
+def parse_whole(data: bytes, sizes: int | None, core: str) -> tuple[list[list[bytes]], str | None]:
     """Every request from ``data`` fed at once (``sizes`` None) or in pieces, then the error if any."""
-    parser = RequestParser(max_bulk_length=MAX_BULK, max_multibulk_length=MAX_COUNT, use_hiredis=use_hiredis)
+    parser = new_parser(core)
     requests: list[list[bytes]] = []
     step = sizes or max(len(data), 1)
     try:
@@ -163,9 +171,9 @@ class ParserMachine(RuleBasedStateMachine):
         self.error: ProtocolError | None = None
         self.parser = RequestParser(max_bulk_length=MAX_BULK, max_multibulk_length=MAX_COUNT)
 
-    @initialize(use_hiredis=st.sampled_from(PATHS))
-    def choose_path(self, use_hiredis: bool) -> None:
-        self.parser = RequestParser(max_bulk_length=MAX_BULK, max_multibulk_length=MAX_COUNT, use_hiredis=use_hiredis)
+    @initialize(core=st.sampled_from(PATHS))
+    def choose_path(self, core: str) -> None:
+        self.parser = new_parser(core)
 
     @property
     def corrupted(self) -> bool:
@@ -188,7 +196,7 @@ class ParserMachine(RuleBasedStateMachine):
 
     @rule(count=st.integers(1, 12), size=st.integers(0, MAX_BULK))
     def add_pipeline(self, count: int, size: int) -> None:
-        """A run of identical small requests: what the hiredis fast path takes."""
+        """A run of identical small requests: what pipelining clients send."""
         for _ in range(count):
             self._add(encode_command(b"SET", b"key", b"v" * size), [b"SET", b"key", b"v" * size])
 
@@ -286,9 +294,9 @@ class ParserMachine(RuleBasedStateMachine):
         if self.fed < len(self.stream):
             self.feed(len(self.stream) - self.fed, drain="next")
         live = (self.got, None if self.error is None else self.error.message)
-        for use_hiredis in PATHS:
-            assert parse_whole(self.stream, None, use_hiredis) == live
-            assert parse_whole(self.stream, 1, use_hiredis) == live
+        for core in PATHS:
+            assert parse_whole(self.stream, None, core) == live
+            assert parse_whole(self.stream, 1, core) == live
         if not self.damaged:
             assert live == (self.expected, self.known_error)
 
@@ -323,7 +331,7 @@ def test_fuzz_target_holds_on_its_seeds(seed: bytes) -> None:
 def test_fuzz_seeds_reach_every_protocol_error() -> None:
     """The corpus starts the fuzzer next to every error the parser can give."""
     # The reference way only (fed whole): the test above checks the others agree with it.
-    reached = {fuzz_target.run(seed[1:], (), False, bool(seed[0] & 0x80), "next")[1] for seed in fuzz_target.SEEDS}
+    reached = {fuzz_target.run(seed[1:], (), "pure", bool(seed[0] & 0x80), "next")[1] for seed in fuzz_target.SEEDS}
     messages = {
         getattr(request_parser, name)
         for name in dir(request_parser)
@@ -337,11 +345,12 @@ def test_fuzz_seeds_reach_every_protocol_error() -> None:
 
 def test_fuzz_target_catches_a_broken_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     """The check is not vacuous: a parser whose result depends on chunking is reported."""
-    original = RequestParser.feed
+    # The pure core's class: a compiled class cannot be patched, and the check compares every core with it.
+    original = request_parser.RequestParser.feed
 
     def lossy_feed(self: RequestParser, data: bytes | bytearray | memoryview) -> None:
         original(self, bytes(data)[:-1] if len(data) == 1 and bytes(data) == b"\n" else data)
 
-    monkeypatch.setattr(RequestParser, "feed", lossy_feed)
+    monkeypatch.setattr(request_parser.RequestParser, "feed", lossy_feed)
     with pytest.raises(AssertionError):
         fuzz_target.check(b"\x00PING\n")

@@ -69,7 +69,7 @@ def test_small_helpers() -> None:
     assert ErrorReply("WRONGTYPE Operation").code == "WRONGTYPE"
 
 
-@pytest.mark.parametrize("value", [{"a": 1}, {1}, object()])
+@pytest.mark.parametrize("value", [{1}, object()])
 def test_encode_reply_refuses_unknown_types(value: object) -> None:
     with pytest.raises(TypeError):
         encode_reply(value)

@@ -1,4 +1,4 @@
-"""ReplyParser: every RESP2 type, nesting, chunking, decoding; same values *and types* on both paths."""
+"""ReplyParser: every RESP2 type, nesting, chunking, decoding; same values *and types* on every parser core."""
 
 from __future__ import annotations
 
@@ -14,22 +14,31 @@ from server.protocol import (
     ProtocolError,
     ReplyParser,
     SimpleString,
-    _hiredis_fast,
     encode_reply,
 )
 
-PATHS = [False, True] if _hiredis_fast.AVAILABLE else [False]
+#: Every parser core built here (see server.protocol.cores): each test runs on each.
+from server.protocol.cores import AVAILABLE as CORES
+from server.protocol.cores import PURE
+from server.protocol.reply import PushReply, SetReply, Verbatim
+from server.protocol.reply_parser import VerbatimBytes
 
-#: Enough complete replies (> HIREDIS_MIN_REGION bytes) that hiredis really
-#: runs before whatever a test appends.
+PATHS = list(CORES)
+
+#: A run of complete replies ahead of what a test appends, so it is parsed mid-buffer too.
 WARMUP_VALUE = [b"value", 1, None, [b"x"]]
 WARMUP = encode_reply(WARMUP_VALUE) * 12
 WARMUP_REPLIES: list[object] = [WARMUP_VALUE] * 12
 
 
-@pytest.fixture(params=PATHS, ids=lambda hr: "hiredis" if hr else "pure")
-def use_hiredis(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
+@pytest.fixture(params=PATHS)
+def core(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def reply_parser_for(core: str = PURE, decode: bool = False) -> ReplyParser:
+    """A reply parser of the named core."""
+    return CORES[core].reply_parser.ReplyParser(decode=decode)  # type: ignore[no-any-return]
 
 
 def pieces(data: bytes, sizes: list[int] | None) -> Iterator[bytes]:
@@ -51,10 +60,10 @@ def typed(value: object) -> object:
 
 
 def parse(
-    data: bytes, use_hiredis: bool = False, sizes: list[int] | None = None, decode: bool = False
+    data: bytes, core: str = PURE, sizes: list[int] | None = None, decode: bool = False
 ) -> tuple[object, str | None]:
     """Typed replies, then the ProtocolError message if any."""
-    parser = ReplyParser(decode=decode, use_hiredis=use_hiredis)
+    parser = reply_parser_for(core, decode)
     replies: list[object] = []
     try:
         for piece in pieces(data, sizes):
@@ -89,18 +98,18 @@ TYPES = [
 
 
 @pytest.mark.parametrize(("data", "expected"), TYPES)
-def test_types(data: bytes, expected: object, use_hiredis: bool) -> None:
-    assert parse(data, use_hiredis) == (typed([expected]), None)
-    assert parse(data, use_hiredis, [1]) == (typed([expected]), None)
-    # Behind a warm-up the hiredis path handles it (or proves it cannot).
-    assert parse(WARMUP + data + WARMUP, use_hiredis) == (
+def test_types(data: bytes, expected: object, core: str) -> None:
+    assert parse(data, core) == (typed([expected]), None)
+    assert parse(data, core, [1]) == (typed([expected]), None)
+    # Behind a warm-up: parsed mid-buffer too.
+    assert parse(WARMUP + data + WARMUP, core) == (
         typed([*WARMUP_REPLIES, expected, *WARMUP_REPLIES]),
         None,
     )
 
 
-def test_error_reply_is_a_value_with_a_code(use_hiredis: bool) -> None:
-    parser = ReplyParser(use_hiredis=use_hiredis)
+def test_error_reply_is_a_value_with_a_code(core: str) -> None:
+    parser = reply_parser_for(core)
     parser.feed(b"-NOAUTH Authentication required.\r\n")
     reply = parser.next_reply()
     assert isinstance(reply, ErrorReply)
@@ -117,15 +126,15 @@ def test_error_reply_is_a_value_with_a_code(use_hiredis: bool) -> None:
         (b"+OK\r\n", SimpleString("OK")),
     ],
 )
-def test_decode(data: bytes, expected: object, use_hiredis: bool) -> None:
-    assert parse(data, use_hiredis, decode=True) == (typed([expected]), None)
+def test_decode(data: bytes, expected: object, core: str) -> None:
+    assert parse(data, core, decode=True) == (typed([expected]), None)
     warm: list[object] = [["value", 1, None, ["x"]]] * 12
-    got = parse(WARMUP + data, use_hiredis, decode=True)
+    got = parse(WARMUP + data, core, decode=True)
     assert got == (typed([*warm, expected]), None)
 
 
-def test_not_enough_data_then_complete(use_hiredis: bool) -> None:
-    parser = ReplyParser(use_hiredis=use_hiredis)
+def test_not_enough_data_then_complete(core: str) -> None:
+    parser = reply_parser_for(core)
     assert parser.next_reply() is NOT_ENOUGH_DATA
     for partial in (b"*2\r", b"\n$5\r\nhel", b"lo\r", b"\n:4", b"2\r"):
         parser.feed(partial)
@@ -138,16 +147,75 @@ def test_not_enough_data_then_complete(use_hiredis: bool) -> None:
     assert repr(NOT_ENOUGH_DATA) == "NOT_ENOUGH_DATA"
 
 
+RESP3_STREAM = (
+    b"_\r\n#t\r\n#f\r\n,1.5\r\n,-inf\r\n,3.1400000000000001\r\n(3492890328409238509324850943850943825024385\r\n"
+    b"!9\r\nERR blob!\r\n=15\r\ntxt:Some string\r\n"
+    b"%2\r\n+first\r\n:1\r\n*1\r\n$1\r\nk\r\n_\r\n~2\r\n+a\r\n:2\r\n>3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n"
+    b"|1\r\n+ttl\r\n:3\r\n$5\r\nvalue\r\n*2\r\n|1\r\n+a\r\n:1\r\n:8\r\n:9\r\n%0\r\n~0\r\n"
+)
+RESP3_VALUES: list[object] = [
+    None,
+    True,
+    False,
+    1.5,
+    float("-inf"),
+    3.14,
+    3492890328409238509324850943850943825024385,
+    ErrorReply("ERR blob!"),
+    VerbatimBytes(b"Some string"),
+    {SimpleString("first"): 1, (b"k",): None},
+    SetReply([SimpleString("a"), 2]),
+    PushReply([b"message", b"c", b"m"]),
+    b"value",
+    [8, 9],
+    {},
+    SetReply(),
+]
+
+
+@pytest.mark.parametrize("sizes", [None, [1], [3, 7]])
+def test_resp3_values(core: str, sizes: list[int] | None) -> None:
+    """Every RESP3 type, in one stream and in chunks, after a RESP2 warm-up, on every parser core."""
+    parser = reply_parser_for(core)
+    replies: list[object] = []
+    for piece in pieces(WARMUP + RESP3_STREAM, sizes):
+        parser.feed(piece)
+        while (reply := parser.next_reply()) is not NOT_ENOUGH_DATA:
+            replies.append(reply)
+    assert replies[: len(WARMUP_REPLIES)] == WARMUP_REPLIES
+    assert typed_resp3(replies[len(WARMUP_REPLIES) :]) == typed_resp3(RESP3_VALUES)
+
+
+def test_resp3_verbatim_decodes_to_text() -> None:
+    parser = ReplyParser(decode=True)
+    parser.feed(b"=15\r\ntxt:Some string\r\n")
+    reply = parser.next_reply()
+    assert reply == "Some string" and isinstance(reply, Verbatim)
+
+
+def typed_resp3(values: list[object]) -> list[object]:
+    """Like :func:`typed`, also telling a set and a push message from an array."""
+    out: list[object] = []
+    for value in values:
+        if isinstance(value, list):
+            out.append((type(value).__name__, [typed(item) for item in value]))
+        else:
+            out.append(typed(value))
+    return out
+
+
 @pytest.mark.parametrize(
     "data",
     [
         b"?\r\n",
-        b"_\r\n",  # RESP3 null
-        b"#t\r\n",  # RESP3 boolean
-        b",1.5\r\n",  # RESP3 double
-        b"%1\r\n+a\r\n+b\r\n",  # RESP3 map
-        b"~1\r\n+a\r\n",  # RESP3 set
-        b">1\r\n+a\r\n",  # RESP3 push
+        b"_x\r\n",  # RESP3 null with a payload
+        b"#x\r\n",  # RESP3 boolean neither t nor f
+        b",1.5x\r\n",  # RESP3 double that is not a number
+        b"(12a\r\n",  # RESP3 big number that is not a number
+        b"%-1\r\n",  # only the RESP2 array has a null form
+        b"~-1\r\n",
+        b"=-1\r\n",
+        b"$?\r\n;4\r\nabcd\r\n;0\r\n",  # RESP3 streamed string: Redis never sends one
         b":abc\r\n",
         b":+1\r\n",
         b":01\r\n",
@@ -162,15 +230,15 @@ def test_not_enough_data_then_complete(use_hiredis: bool) -> None:
         b"*1\r\n?\r\n",
     ],
 )
-def test_malformed_replies_raise(data: bytes, use_hiredis: bool) -> None:
+def test_malformed_replies_raise(data: bytes, core: str) -> None:
     for stream in (data, WARMUP + data):
-        replies, message = parse(stream, use_hiredis)
+        replies, message = parse(stream, core)
         assert message is not None and message.startswith("Protocol error")
-        assert (replies, message) == parse(stream, False, [1])
+        assert (replies, message) == parse(stream, PURE, [1])
 
 
-def test_protocol_error_is_sticky(use_hiredis: bool) -> None:
-    parser = ReplyParser(use_hiredis=use_hiredis)
+def test_protocol_error_is_sticky(core: str) -> None:
+    parser = reply_parser_for(core)
     parser.feed(b"+OK\r\n!\r\n")
     assert parser.next_reply() == "OK"
     with pytest.raises(ProtocolError) as first:
@@ -182,9 +250,8 @@ def test_protocol_error_is_sticky(use_hiredis: bool) -> None:
     assert parser.buffered == 0
 
 
-@pytest.mark.skipif(not _hiredis_fast.AVAILABLE, reason="hiredis not installed")
-def test_hiredis_path_keeps_status_types() -> None:
-    """hiredis alone returns b"OK" for +OK; the proof sends such values down the pure path."""
+def test_status_and_bulk_keep_their_types(core: str) -> None:
+    """``+OK`` is a SimpleString and ``$2 OK`` bytes, also nested (EXEC) and deep in a long buffer."""
     exec_reply = encode_reply([SimpleString("OK"), b"OK", ErrorReply("ERR x"), 1])
     data = WARMUP + (b"+OK\r\n" + exec_reply + b"$2\r\nOK\r\n") * 20
     expected = [*WARMUP_REPLIES] + [
@@ -192,20 +259,14 @@ def test_hiredis_path_keeps_status_types() -> None:
         [SimpleString("OK"), b"OK", ErrorReply("ERR x"), 1],
         b"OK",
     ] * 20
-    assert parse(data, True) == (typed(expected), None)
-    parser = ReplyParser(use_hiredis=True)
-    parser.feed(WARMUP * 4)
-    for _ in range(48):
-        assert parser.next_reply() == WARMUP_VALUE
-    assert parser.next_reply() is NOT_ENOUGH_DATA
-    assert parser._hr_spare is not None  # white-box: the hiredis reader ran and was left clean
+    assert parse(data, core) == (typed(expected), None)
 
 
-def test_every_split_point(use_hiredis: bool) -> None:
+def test_every_split_point(core: str) -> None:
     data = WARMUP + b"+OK\r\n*3\r\n$3\r\nabc\r\n*1\r\n-ERR e\r\n:7\r\n$-1\r\n*-1\r\n" + WARMUP
     reference = parse(data)
     for cut in range(1, len(data)):
-        assert parse(data, use_hiredis, [cut, len(data)]) == reference, cut
+        assert parse(data, core, [cut, len(data)]) == reference, cut
 
 
 # -- properties --------------------------------------------------------------------------------
@@ -235,9 +296,9 @@ def decoded(value: object) -> object:
 def test_encode_reply_round_trips(replies: list[object], sizes: list[int], warm: bool) -> None:
     prefix, prefix_replies = (WARMUP, WARMUP_REPLIES) if warm else (b"", [])
     data = prefix + b"".join(encode_reply(value) for value in replies)
-    for use_hiredis in PATHS:
-        assert parse(data, use_hiredis, sizes) == (typed(prefix_replies + replies), None)
-        assert parse(data, use_hiredis, sizes, decode=True) == (
+    for core in PATHS:
+        assert parse(data, core, sizes) == (typed(prefix_replies + replies), None)
+        assert parse(data, core, sizes, decode=True) == (
             typed(decoded(prefix_replies + replies)),
             None,
         )
@@ -261,6 +322,6 @@ streams = st.builds(
 def test_any_bytes_same_result_on_both_paths(data: bytes, sizes: list[int]) -> None:
     """Values or ProtocolError, never another exception; independent of chunking and path."""
     reference = parse(data)
-    for use_hiredis in PATHS:
-        assert parse(data, use_hiredis, sizes) == reference
-        assert parse(data, use_hiredis, [1]) == reference
+    for core in PATHS:
+        assert parse(data, core, sizes) == reference
+        assert parse(data, core, [1]) == reference
