@@ -30,6 +30,7 @@ $(CORE_STAMP): $(STAMP) $(CORE_SOURCES)
 	touch $(CORE_STAMP)
 
 run: install
+	@echo "crossdock and its clients are in $(BIN): in another terminal, '. $(BIN)/activate' puts them on PATH"
 	$(BIN)/crossdock serve $(ARGS)
 
 test: install

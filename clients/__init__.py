@@ -26,6 +26,7 @@ from clients.errors import (
 )
 from clients.pool import AsyncClientPool
 from clients.sync_client import Client, Pipeline
+from clients.tls import TlsOptions
 
 __all__ = [
     "DEFAULT",
@@ -43,4 +44,5 @@ __all__ = [
     "ConnectionLostError",
     "Pipeline",
     "ReplyError",
+    "TlsOptions",
 ]

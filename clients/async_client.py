@@ -67,6 +67,7 @@ from clients.errors import (
     ConnectFailedError,
     ConnectionLostError,
 )
+from clients.tls import TlsOptions, resolve_tls
 from server.protocol import NOT_ENOUGH_DATA, ReplyParser, encode_command
 
 #: Seconds :meth:`AsyncClient.close` waits for the transport to report the
@@ -202,7 +203,8 @@ class AsyncClient:
     first. Parameters are those of :class:`clients.Client`: ``timeout`` is
     the default per-command timeout (``None``: wait forever), ``decode=True``
     returns bulk strings as ``str``, ``username``/``password`` send AUTH on
-    connect. See the module docstring for how cancellation is handled.
+    connect, ``tls`` (``True`` or a :class:`~clients.tls.TlsOptions`) speaks
+    TLS. See the module docstring for how cancellation is handled.
     """
 
     def __init__(
@@ -216,8 +218,10 @@ class AsyncClient:
         username: str | None = None,
         password: str | None = None,
         core: str | None = None,
+        tls: TlsOptions | bool | None = None,
     ) -> None:
         self.host = host
+        self.tls = resolve_tls(tls)
         self.port = port
         self.timeout = resolve_timeout(timeout, None)
         self.connect_timeout = connect_timeout
@@ -241,9 +245,14 @@ class AsyncClient:
             raise RuntimeError("an AsyncClient connects once; make a new one to reconnect")
         loop = asyncio.get_running_loop()
         parser = make_parser(self.decode, self._core)
+        tls: dict[str, Any] = {}
+        if self.tls is not None:
+            tls = {"ssl": self.tls.context(), "server_hostname": self.tls.server_hostname(self.host)}
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, protocol = await loop.create_connection(lambda: _ReplyProtocol(loop, parser), self.host, self.port)
+                _, protocol = await loop.create_connection(
+                    lambda: _ReplyProtocol(loop, parser), self.host, self.port, **tls
+                )
         except TimeoutError as exc:
             raise ClientTimeoutError(
                 f"connect to {self.host}:{self.port} timed out after {self.connect_timeout} s"

@@ -49,6 +49,7 @@ from clients.errors import (
     ConnectionLostError,
     ReplyError,
 )
+from clients.tls import TlsOptions
 from server.protocol import split_args as _split_inline
 
 #: Environment variable naming the history file; ``/dev/null`` turns history off (as REDISCLI_HISTFILE).
@@ -63,7 +64,7 @@ HISTORY_LENGTH: Final = 1000
 AUTH_ENV: Final = "CROSSDOCK_CLI_AUTH"
 
 #: Command names to complete when the server cannot list its own (COMMAND
-#: failed): crossdock's built-ins as documented in DESIGN.md.
+#: failed): crossdock's built-ins as the README's Commands section lists them.
 FALLBACK_COMMANDS: Final = (
     "CLIENT", "COMMAND", "CONFIG", "DBSIZE", "DEL", "ECHO", "EXISTS", "EXPIRE", "FACTOR", "FLUSHDB",
     "GET", "HELLO", "INCR", "INFO", "PBKDF2", "PING", "PRIMES", "QUIT", "SET", "SLEEP", "TIME", "TTL",
@@ -121,6 +122,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-t", "--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT,
         help=f"seconds to wait for the connection (default {DEFAULT_CONNECT_TIMEOUT:g})",
     )  # fmt: skip
+    tls = parser.add_argument_group("TLS (as redis-cli)")
+    tls.add_argument("--tls", action="store_true", help="connect with TLS")
+    tls.add_argument("--sni", default=None, metavar="HOST", help="server name for SNI and the certificate check")
+    tls.add_argument("--cacert", default=None, metavar="FILE", help="CA bundle that signed the server's certificate")
+    tls.add_argument("--cert", default=None, metavar="FILE", help="client certificate (for a server with --tls-ca)")
+    tls.add_argument("--key", default=None, metavar="FILE", help="private key of --cert")
+    tls.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
     output = parser.add_argument_group("output")
     raw = output.add_mutually_exclusive_group()
     raw.add_argument("--raw", action="store_true", help="raw replies, even on a terminal")
@@ -162,6 +170,28 @@ class _Output:
         self.stderr.flush()
 
 
+#: The TLS flags that only mean something with --tls (redis-cli ignores them without it; we say so).
+TLS_DETAIL_FLAGS = ("sni", "cacert", "cert", "key", "insecure")
+
+
+class UsageError(Exception):
+    """A flag combination that cannot work; ``str()`` is the one-line message."""
+
+
+def tls_options(args: argparse.Namespace) -> TlsOptions | None:
+    """The TLS flags as :class:`TlsOptions`, or None without ``--tls``.
+
+    Error handling: a TLS flag without ``--tls`` raises :class:`UsageError`
+    (redis-cli would silently connect in plain TCP).
+    """
+    if not getattr(args, "tls", False):
+        given = [name for name in TLS_DETAIL_FLAGS if getattr(args, name, None)]
+        if given:
+            raise UsageError(f"crossdock cli: --{given[0]} needs --tls")
+        return None
+    return TlsOptions(cacert=args.cacert, cert=args.cert, key=args.key, sni=args.sni, insecure=args.insecure)
+
+
 class _Session:
     """The connection as the CLI sees it: opened on demand, dropped on loss, reopened on the next command."""
 
@@ -174,6 +204,7 @@ class _Session:
         self.password: str | None = args.password if args.password is not None else os.environ.get(AUTH_ENV)
         self.user: str | None = args.user
         self.connect_timeout: float = args.connect_timeout
+        self.tls = tls_options(args)
         self.out = out
         self.client: Any = None
 
@@ -184,7 +215,7 @@ class _Session:
         try:
             self.client = self._client_class(
                 self.host, self.port, connect_timeout=self.connect_timeout,
-                username=self.user, password=self.password,
+                username=self.user, password=self.password, tls=self.tls,
             )  # fmt: skip
         except ReplyError as exc:
             self.out.problem(f"AUTH failed: {exc}")
@@ -267,12 +298,16 @@ def run(args: argparse.Namespace) -> int:
     """Run the CLI with parsed ``args``; return the exit status.
 
     Error handling: 0 when every command succeeded; 1 for an error reply, a
-    connection failure or an unsplittable line (message on stderr); 130
-    after Ctrl-C in one-shot and stdin modes.
+    connection failure or an unsplittable line (message on stderr); 2 for a
+    TLS flag without ``--tls``; 130 after Ctrl-C in one-shot and stdin modes.
     """
     raw = args.raw or (not args.no_raw and not sys.stdout.isatty())
     out = _Output(raw, sys.stdout, sys.stderr)
-    session = _Session(args, out)
+    try:
+        session = _Session(args, out)
+    except UsageError as exc:
+        out.problem(str(exc))
+        return 2
     try:
         if args.cli_command:
             words = [arg.encode("utf-8", "surrogateescape") for arg in args.cli_command]

@@ -46,7 +46,7 @@ class AsyncClientPool:
     """``size`` :class:`AsyncClient` connections to one server, used least busy first.
 
     Keyword arguments other than ``size`` go to every :class:`AsyncClient`
-    (``timeout``, ``connect_timeout``, ``decode``, ``password`` ...).
+    (``timeout``, ``connect_timeout``, ``decode``, ``password``, ``tls`` ...).
 
     Error handling: entering the pool (or :meth:`connect`) opens every
     connection and raises the first connect error, closing the others. A

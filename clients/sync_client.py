@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import selectors
 import socket
+import ssl
 import threading
 import time
 from types import TracebackType
@@ -63,6 +64,7 @@ from clients.errors import (
     ConnectFailedError,
     ConnectionLostError,
 )
+from clients.tls import TlsOptions, resolve_tls
 from server.protocol import NOT_ENOUGH_DATA, encode_command
 
 _READ: Final = selectors.EVENT_READ
@@ -78,6 +80,9 @@ class Client:
     always ``str``. ``username``/``password`` send AUTH right after
     connecting. ``core`` picks the reply parser's core (``"pure"`` or
     ``"cython"``; ``None``: the one :data:`server.protocol.CORE` names).
+    ``tls``: ``True`` or a
+    :class:`~clients.tls.TlsOptions` (redis-cli's ``--tls --cacert --cert
+    --key --sni --insecure``) to speak TLS; the handshake is part of the connect.
 
     Error handling: the constructor connects, and raises
     :class:`~clients.errors.ConnectFailedError` (refused, unreachable),
@@ -97,8 +102,10 @@ class Client:
         username: str | None = None,
         password: str | None = None,
         core: str | None = None,
+        tls: TlsOptions | bool | None = None,
     ) -> None:
         self.host = host
+        self.tls = resolve_tls(tls)
         self.port = port
         self.timeout = resolve_timeout(timeout, None)
         self.decode = decode
@@ -128,6 +135,8 @@ class Client:
             raise ClientTimeoutError(f"connect to {self.host}:{self.port} timed out after {connect_timeout} s") from exc
         except OSError as exc:
             raise ConnectFailedError(f"could not connect to {self.host}:{self.port}: {exc}") from exc
+        if self.tls is not None:
+            sock = self._handshake(sock)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setblocking(False)
@@ -137,6 +146,27 @@ class Client:
             sock.close()
             raise
         self._sock, self._selector, self._events = sock, selector, _READ
+
+    def _handshake(self, sock: socket.socket) -> socket.socket:
+        """Wrap ``sock`` in TLS and finish the handshake (blocking, within the connect timeout).
+
+        Error handling: a certificate that does not verify, or a server that
+        does not speak TLS, raises :class:`ConnectFailedError`; the socket is closed.
+        """
+        assert self.tls is not None
+        try:
+            context = self.tls.context()
+        except OSError as exc:  # a missing certificate file, or one that is not PEM
+            sock.close()
+            raise ConnectFailedError(f"cannot load the TLS files: {exc}") from exc
+        try:
+            return context.wrap_socket(sock, server_hostname=self.tls.server_hostname(self.host))
+        except TimeoutError as exc:
+            sock.close()
+            raise ClientTimeoutError(f"TLS handshake with {self.host}:{self.port} timed out") from exc
+        except OSError as exc:  # ssl.SSLError and a reset during the handshake
+            sock.close()
+            raise ConnectFailedError(f"TLS handshake with {self.host}:{self.port} failed: {exc}") from exc
 
     def close(self) -> None:
         """Close the connection. Idempotent; later calls raise :class:`ConnectionLostError`."""
@@ -236,7 +266,7 @@ class Client:
                     if sent < total:
                         try:
                             sent += sock.send(view[sent:])
-                        except (BlockingIOError, InterruptedError):
+                        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                             pass
                         except OSError as exc:
                             raise self._lost(f"connection lost while sending: {exc}") from exc
@@ -248,7 +278,10 @@ class Client:
                         continue
                     try:
                         data = sock.recv(READ_CHUNK_SIZE)
-                    except (BlockingIOError, InterruptedError):
+                        # TLS: bytes already decrypted are invisible to the selector; take them now.
+                        while isinstance(sock, ssl.SSLSocket) and data and sock.pending():
+                            data += sock.recv(READ_CHUNK_SIZE)
+                    except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                         continue
                     except OSError as exc:
                         raise self._lost(f"connection lost while reading: {exc}") from exc

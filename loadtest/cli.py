@@ -125,7 +125,11 @@ def run(args: argparse.Namespace) -> int:
     progress: ProgressCallback | None = None
     if not args.quiet:
         progress = RichProgress() if sys.stderr.isatty() else LineProgress()
-    report = run_loadtest(config, progress)
+    try:
+        report = run_loadtest(config, progress)
+    except ValueError as exc:  # found by asking the server first (e.g. no room under its maxclients)
+        print(f"crossdock loadtest: {exc}", file=sys.stderr)
+        return 2
     emit(report, args.json)
     if not json_to_stdout:
         Console().print(final_table(report))

@@ -200,6 +200,13 @@ def median_row(point: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+def _number_cell(key: str, value: float) -> str:
+    """Milliseconds with three decimals; counts and rates (replies/s, connections/s) as whole numbers."""
+    if key.endswith("_ms") or "_ms_" in key:
+        return f"{value:.3f}"
+    return f"{value:,.0f}"
+
+
 def markdown_table(rows: list[dict[str, Any]], kind: str) -> str:
     """One markdown table of the points, with the columns the scenario kind needs."""
     columns = [("target", "target"), ("connections", "connections")]
@@ -237,7 +244,7 @@ def markdown_table(rows: list[dict[str, Any]], kind: str) -> str:
         for key, _ in columns:
             value = row.get(key)
             if isinstance(value, float):
-                cells.append(f"{value:,.0f}" if value >= 1000 else f"{value:.3f}")
+                cells.append(_number_cell(key, value))
             else:
                 cells.append("-" if value is None else str(value))
         lines.append("| " + " | ".join(cells) + " |")

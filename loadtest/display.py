@@ -13,11 +13,16 @@ from rich.live import Live
 from rich.table import Table
 
 
+def _rate(rps: float | None) -> str:
+    """A progress line's rate; "-" for a final tail too short to have one."""
+    return "-" if rps is None else f"{rps:.0f}"
+
+
 def progress_line(snapshot: dict[str, Any]) -> str:
     """One line for a non-TTY log: elapsed, counts, interval rate and latency."""
     line = (
         f"[{snapshot['t']:7.1f}s] sent={snapshot['sent']} recv={snapshot['received']} "
-        f"rate={snapshot['rps']:.0f}/s p50={snapshot['p50_ms']:.3f}ms p99={snapshot['p99_ms']:.3f}ms "
+        f"rate={_rate(snapshot['rps'])}/s p50={snapshot['p50_ms']:.3f}ms p99={snapshot['p99_ms']:.3f}ms "
         f"max={snapshot['max_ms']:.3f}ms conns={snapshot['opened']} errors={snapshot['errors']} "
         f"conn_failures={snapshot['failures']}"
     )
@@ -66,7 +71,7 @@ class RichProgress:
             f"{snapshot['t']:.1f}/{snapshot['duration']:g}s",
             str(snapshot["sent"]),
             str(snapshot["received"]),
-            f"{snapshot['rps']:.0f}",
+            _rate(snapshot["rps"]),
             f"{snapshot['p50_ms']:.3f}",
             f"{snapshot['p99_ms']:.3f}",
             f"{snapshot['max_ms']:.3f}",
@@ -121,7 +126,11 @@ def final_table(report: dict[str, Any]) -> Table:
     if "hold" in report:
         hold = report["hold"]
         per = hold.get("bytes_per_connection")
-        summary.add_row("server RSS growth", f"{hold.get('rss_growth_bytes')} bytes ({hold.get('rss_source')})")
+        growth = hold.get("rss_growth_bytes")
+        if growth is not None:
+            summary.add_row("server RSS growth", f"{growth:,} bytes ({hold.get('rss_source')})")
+        else:
+            summary.add_row("server RSS growth", f"not measured: {hold.get('rss_note') or hold.get('rss_source')}")
         summary.add_row("per idle connection", "-" if per is None else f"{per:,.0f} bytes")
     latency = Table(title="latency (ms)")
     for column in ("command", "count", "p50", "p90", "p99", "p99.9", "max"):

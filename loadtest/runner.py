@@ -33,7 +33,7 @@ from loadtest import histogram
 from loadtest.config import LoadConfig
 from loadtest.engine import CONNECT_CONCURRENCY, DRAIN_TIMEOUT, GO_TIMEOUT, WorkerPlan, split, worker_main
 from loadtest.scenarios import CPU_COMMANDS, PROBE_LABEL
-from loadtest.serverinfo import describe_server, server_rss
+from loadtest.serverinfo import InfoProbe, describe_server
 
 #: Nanoseconds between the "go" signal and the common start instant, so every worker is awake
 #: and waiting when the clock starts (waking a process from an Event wait takes well under 10 ms).
@@ -42,6 +42,11 @@ START_DELAY_NS: Final = 50_000_000
 #: Seconds the hold scenario lets the server settle (allocate per-connection state, finish
 #: accepting) after every connection answered its PING, before reading the server's memory.
 HOLD_SETTLE: Final = 0.5
+
+#: Shortest final partial interval, as a fraction of --interval, that gets a rate on the last progress line.
+#: A tail of a few microseconds divides a handful of replies by almost nothing; a tenth of an interval
+#: (25 ms at the default 0.25 s) holds enough replies for a rate in the same units as the other lines.
+MIN_TAIL_FRACTION: Final = 0.1
 
 #: Seconds granted to worker start-up (interpreter spawn, imports) before connecting begins.
 SPAWN_ALLOWANCE: Final = 30.0
@@ -125,6 +130,34 @@ class Aggregate:
         return out
 
 
+def _open_hold_probe(config: LoadConfig, hold: dict[str, Any], local: bool) -> InfoProbe | None:
+    """The hold scenario's INFO connection, opened before the held ones so it is never refused at maxclients.
+
+    Records the server's memory before the connections open in ``hold``.
+    Error handling: raises ValueError (a usage message) when the server's
+    maxclients leaves no room for ``--connections`` beside the probe and the
+    clients already connected; a server that cannot be asked leaves the
+    memory figures out of the report.
+    """
+    try:
+        probe = InfoProbe.open(config.host, config.port)
+        info = probe.info()
+    except (OSError, ValueError) as exc:
+        hold["rss_before_bytes"], hold["rss_source"] = None, f"unavailable ({exc})"
+        return None
+    maxclients, connected = info.get("maxclients", ""), info.get("connected_clients", "")
+    if maxclients.isdigit() and connected.isdigit() and int(connected) + config.connections > int(maxclients):
+        probe.close()
+        room = int(maxclients) - int(connected)
+        raise ValueError(
+            f"--connections {config.connections}: the server allows {maxclients} clients (maxclients) and "
+            f"{connected} are connected (this run's INFO probe included), so at most {room} more fit; lower "
+            f"--connections or start the server with --maxclients {int(connected) + config.connections}"
+        )
+    hold["rss_before_bytes"], hold["rss_source"] = probe.rss(local)
+    return probe
+
+
 def run_loadtest(config: LoadConfig, progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Run one load test as configured and return its report. See the module docstring."""
     config.validate()
@@ -134,8 +167,7 @@ def run_loadtest(config: LoadConfig, progress: ProgressCallback | None = None) -
     started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     server = describe_server(config.host, config.port)
     hold: dict[str, Any] = {}
-    if scenario.kind == "hold":
-        hold["rss_before_bytes"], hold["rss_source"] = server_rss(config.host, config.port, local)
+    probe = _open_hold_probe(config, hold, local) if scenario.kind == "hold" else None
 
     context = multiprocessing.get_context("spawn")
     results: Any = context.Queue()
@@ -159,9 +191,9 @@ def run_loadtest(config: LoadConfig, progress: ProgressCallback | None = None) -
             1 + max(plan.connections for plan in plans) / CONNECT_CONCURRENCY
         )
         ready = _collect(results, procs, aggregate, {"ready"}, min(setup_budget, GO_TIMEOUT), stop, None)
-        if ready and scenario.kind == "hold":
+        if ready and probe is not None:
             time.sleep(HOLD_SETTLE)
-            hold["rss_with_connections_bytes"], _ = server_rss(config.host, config.port, local)
+            hold["rss_with_connections_bytes"], _ = probe.rss(local)
         t0 = time.monotonic_ns() + START_DELAY_NS
         start_ns.value = t0
         if not ready:
@@ -172,6 +204,8 @@ def run_loadtest(config: LoadConfig, progress: ProgressCallback | None = None) -
         _collect(results, procs, aggregate, {"done"}, run_budget, stop, reporter)
         reporter.maybe_report(force=True)  # the last partial interval (and a line even for short runs)
     finally:
+        if probe is not None:
+            probe.close()
         stop.set()
         go.set()
         for proc in procs:
@@ -287,7 +321,9 @@ class _Reporter:
             "duration": self.config.duration,
             "sent": agg.total("sent"),
             "received": received,
-            "rps": round((received - self.last_received) / seconds, 1),
+            # A tail much shorter than an interval holds too few replies for a rate (it read 416849/s once).
+            "rps": None if force and seconds < self.config.interval * MIN_TAIL_FRACTION
+            else round((received - self.last_received) / seconds, 1),
             "p50_ms": interval["p50"],
             "p99_ms": interval["p99"],
             "max_ms": interval["max"],
@@ -382,6 +418,11 @@ def build_report(
         opened = agg.total("opened")
         before, during = hold.get("rss_before_bytes"), hold.get("rss_with_connections_bytes")
         growth = during - before if before is not None and during is not None else None
+        if growth is not None and growth < 0:
+            # The server reused memory an earlier run freed (a reused server): no honest per-connection figure.
+            hold["rss_note"] = "RSS fell while the connections opened (memory freed by an earlier run was reused); " \
+                "start a fresh server for this figure"
+            growth = None
         hold["connections_held"] = opened
         hold["rss_growth_bytes"] = growth
         hold["bytes_per_connection"] = round(growth / opened, 1) if growth is not None and opened else None

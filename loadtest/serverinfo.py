@@ -23,27 +23,22 @@ INFO_TIMEOUT: Final = 5.0
 MAX_INFO_BYTES: Final = 1 << 20
 
 
-def query_info(host: str, port: int, timeout: float = INFO_TIMEOUT) -> dict[str, str]:
-    """INFO as a dict of ``field: value`` (sections flattened).
-
-    Error handling: raises OSError (connection trouble, timeout) or ValueError
-    (an error reply, an oversized or non-bulk reply).
-    """
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(encode_command("INFO"))
-        parser = ReplyParser()
-        received = 0
-        while True:
-            reply = parser.next_reply()
-            if reply is not NOT_ENOUGH_DATA:
-                break
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise OSError("server closed the connection during INFO")
-            received += len(chunk)
-            if received > MAX_INFO_BYTES:
-                raise ValueError("INFO reply too large")
-            parser.feed(chunk)
+def _info_on(sock: socket.socket) -> dict[str, str]:
+    """Send INFO on a connected socket and parse the reply. Errors as :func:`query_info`."""
+    sock.sendall(encode_command("INFO"))
+    parser = ReplyParser()
+    received = 0
+    while True:
+        reply = parser.next_reply()
+        if reply is not NOT_ENOUGH_DATA:
+            break
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise OSError("server closed the connection during INFO")
+        received += len(chunk)
+        if received > MAX_INFO_BYTES:
+            raise ValueError("INFO reply too large")
+        parser.feed(chunk)
     if isinstance(reply, ErrorReply) or not isinstance(reply, bytes | str):
         raise ValueError(f"unexpected INFO reply: {reply!r}")
     text = reply.decode(errors="replace") if isinstance(reply, bytes) else reply
@@ -53,6 +48,47 @@ def query_info(host: str, port: int, timeout: float = INFO_TIMEOUT) -> dict[str,
             key, _, value = line.partition(":")
             fields[key.strip()] = value.strip()
     return fields
+
+
+def query_info(host: str, port: int, timeout: float = INFO_TIMEOUT) -> dict[str, str]:
+    """INFO as a dict of ``field: value`` (sections flattened), on a connection of its own.
+
+    Error handling: raises OSError (connection trouble, timeout) or ValueError
+    (an error reply, an oversized or non-bulk reply).
+    """
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        return _info_on(sock)
+
+
+class InfoProbe:
+    """One connection opened before the load's connections and kept for every INFO of the run.
+
+    The hold scenario opens as many connections as the server allows; an INFO
+    connection opened after them would be refused at maxclients. Opened
+    first, the probe holds its slot for the whole run.
+
+    Error handling: :meth:`open` and :meth:`info` raise as :func:`query_info`.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    @classmethod
+    def open(cls, host: str, port: int, timeout: float = INFO_TIMEOUT) -> InfoProbe:
+        return cls(socket.create_connection((host, port), timeout=timeout))
+
+    def info(self) -> dict[str, str]:
+        return _info_on(self._sock)
+
+    def rss(self, local: bool) -> tuple[int | None, str]:
+        """The server's resident memory and its source, as :func:`server_rss`, on this connection."""
+        try:
+            return rss_from_info(self.info(), local)
+        except (OSError, ValueError) as exc:
+            return None, f"unavailable ({exc})"
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 def proc_rss(pid: int) -> int | None:
@@ -78,6 +114,11 @@ def server_rss(host: str, port: int, local: bool) -> tuple[int | None, str]:
         info = query_info(host, port)
     except (OSError, ValueError) as exc:
         return None, f"unavailable ({exc})"
+    return rss_from_info(info, local)
+
+
+def rss_from_info(info: dict[str, str], local: bool) -> tuple[int | None, str]:
+    """The resident memory an INFO reply leads to: local /proc by its process_id, else used_memory_rss."""
     pid = info.get("process_id", "")
     if local and pid.isdigit():
         rss = proc_rss(int(pid))

@@ -26,7 +26,7 @@ START_TIMEOUT: Final = 30.0
 #: Seconds a server gets to exit after SIGTERM before it is killed.
 STOP_TIMEOUT: Final = 15.0
 
-#: The four crossdock modes of DESIGN.md as (name, --mode, --cpu), in the order reports list them.
+#: The four crossdock modes of the README's Modes table as (name, --mode, --cpu), in the order reports list them.
 MODES: Final = (
     ("async+pool", "async", "pool"),
     ("async+inline", "async", "inline"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -20,6 +21,34 @@ EXTERNAL_SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "loadtest": ("loadtest.cli", "drive load at a server and measure it"),
     "compare": ("loadtest.compare", "run a scenario against every mode and write a report"),
 }
+
+
+class UserModuleError(Exception):
+    """A ``--modules`` entry did not import; ``str()`` is the one-line message for the user."""
+
+
+def import_user_modules(modules: Sequence[str]) -> None:
+    """Import ``--modules`` as ``python -m`` would find them: the working directory first on ``sys.path``.
+
+    The console script's ``sys.path`` starts with its own bin directory, not
+    the working directory, so without this ``crossdock serve --modules
+    mycommands`` could not import ``mycommands.py`` from the folder it is run
+    in. The pool's workers inherit ``sys.path`` (forkserver and spawn both
+    send it), so they import the module from the same place.
+
+    Error handling: an ``ImportError`` becomes :class:`UserModuleError` naming the module and the folder.
+    """
+    cwd = os.getcwd()
+    if modules and cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise UserModuleError(
+                f"crossdock serve: --modules {module}: cannot import it ({exc}); run from the folder that holds "
+                f"{module.split('.')[0]} (now {cwd}) or add that folder to PYTHONPATH"
+            ) from exc
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -39,11 +68,20 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         role = "supervisor" if config.reuseport >= 1 else "server"
     configure_logging(config.log_format, config.log_level, process_role=role)
-    import importlib as _importlib
+    importlib.import_module("server.commands")
+    try:
+        import_user_modules(config.modules)
+    except UserModuleError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if supervised is None:  # a --reuseport child's port is held by its supervisor, which checked it
+        from server.preflight import PreflightError, check
 
-    _importlib.import_module("server.commands")
-    for module in config.modules:
-        _importlib.import_module(module)
+        try:
+            check(config)
+        except PreflightError as exc:
+            print(exc, file=sys.stderr)
+            return 1
     if config.reuseport >= 1 and supervised is None:
         return supervisor.run(config)  # the parent starts --reuseport children and does not serve
     supervisor.prepare_child()

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from server.memory import DEFAULT_MAXMEMORY_SAMPLES, MAXMEMORY_AUTO, POLICIES, parse_memory_size
 from server.protocol import limits
 
 ENV_PREFIX = "CROSSDOCK_"
@@ -93,6 +94,10 @@ class Config:
     write_timeout: float = DEFAULT_WRITE_TIMEOUT
     cpu_queue_limit: int = 0
     cpu_timeout: float = DEFAULT_CPU_TIMEOUT
+    # -- memory (issue 15): -1 = derived from the cgroup limit or RAM (server.memory), 0 = no bound --------------
+    maxmemory: int = MAXMEMORY_AUTO
+    maxmemory_policy: str = "noeviction"
+    maxmemory_samples: int = DEFAULT_MAXMEMORY_SAMPLES
     # -- security (issue 5) --------------------------------------------------------------------------------------
     requirepass: str = ""
     protected_mode: bool = True
@@ -145,6 +150,12 @@ class Config:
             raise ValueError("executor must be process or dask://HOST:PORT")
         if self.reuseport < 0:
             raise ValueError("reuseport must be >= 0")
+        if self.maxmemory < MAXMEMORY_AUTO:
+            raise ValueError("maxmemory must be a size (64mb, 2gb), 0 for no bound, or -1 to derive it")
+        if self.maxmemory_policy not in POLICIES:
+            raise ValueError(f"maxmemory-policy must be one of {', '.join(POLICIES)}")
+        if self.maxmemory_samples < 1:
+            raise ValueError("maxmemory-samples must be at least 1")
 
     def with_overrides(self, **changes: Any) -> Config:
         return replace(self, **changes)
@@ -156,6 +167,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "start_method": ("forkserver", "spawn"),
     "log_format": ("auto", "json", "console"),
     "log_level": ("debug", "info", "warning", "error"),
+    "maxmemory_policy": POLICIES,
 }
 
 _HELP = {
@@ -180,6 +192,10 @@ _HELP = {
     "write_timeout": "close a client whose queued replies have not drained for this many seconds (0 = never)",
     "cpu_queue_limit": "cpu requests waiting for a worker before new ones get -BUSY (0 = 64 per worker)",
     "cpu_timeout": "seconds a cpu request may run; then an error reply and the worker is replaced (0 = never)",
+    "maxmemory": "bound on the memory held for clients, in bytes or with Redis's units (64mb, 2gb); 0 = none; "
+    "default: half the cgroup limit or RAM",
+    "maxmemory_policy": "what happens at maxmemory: noeviction (growing writes get -OOM) or an eviction policy",
+    "maxmemory_samples": "keys sampled per eviction (Redis's default 5)",
     "requirepass": "password clients must AUTH with (empty = no password)",
     "protected_mode": "with no password and a non-loopback bind, refuse non-loopback clients (yes/no)",
     "tls_cert": "PEM certificate: serve TLS instead of plain TCP (with --tls-key)",
@@ -222,6 +238,9 @@ def _convert(name: str, raw: Any) -> Any:
         if word not in _TRUE_WORDS + _FALSE_WORDS:
             raise ValueError(word)
         return word in _TRUE_WORDS
+    if name == "maxmemory":
+        text = str(raw).strip()
+        return MAXMEMORY_AUTO if text == str(MAXMEMORY_AUTO) else parse_memory_size(text)
     if isinstance(sample, int):
         return int(raw)
     if isinstance(sample, float):

@@ -26,7 +26,7 @@ STARTUP_TIMEOUT = 30.0
 #: Seconds any single socket read in a test may block before the test fails instead of hanging.
 SOCKET_TIMEOUT = 20.0
 
-#: The four modes of DESIGN.md: (front end, where cpu commands run).
+#: The four modes of the README's Modes table: (front end, where cpu commands run).
 MODES: list[tuple[str, str]] = [
     ("async", "pool"),
     ("async", "inline"),
@@ -48,11 +48,16 @@ class ServerProcess:
         extra: Sequence[str] = (),
         env: dict[str, str] | None = None,
         nofile: tuple[int, int] | None = None,
+        program: Sequence[str] = (sys.executable, "-m", "server"),
+        cwd: Path = ROOT,
     ) -> None:
-        """``nofile``: (soft, hard) RLIMIT_NOFILE for the server process, to test descriptor limits."""
+        """``nofile``: (soft, hard) RLIMIT_NOFILE for the server process, to test descriptor limits.
+
+        ``program`` and ``cwd``: how and where to start it (e.g. the ``crossdock`` console script from a user's folder).
+        """
         self.mode, self.cpu = mode, cpu
         command = [
-            sys.executable, "-m", "server", "serve",
+            *program, "serve",
             "--host", "127.0.0.1", "--port", "0",
             "--mode", mode, "--cpu", cpu, "--workers", "2",
             "--log-format", "json", "--log-level", "debug",
@@ -60,7 +65,7 @@ class ServerProcess:
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

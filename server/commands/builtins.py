@@ -35,6 +35,16 @@ def _upper(raw: bytes) -> bytes:
     return raw.upper()
 
 
+def _c_word(raw: bytes) -> bytes:
+    """An option word as Redis's C code compares it (strcasecmp, ``%s``): up to its first NUL byte."""
+    return raw.split(b"\0", 1)[0] if b"\0" in raw else raw
+
+
+#: SET's expire options; EXPIRE's conditions.
+_SET_EXPIRE_OPTIONS = (b"EX", b"PX", b"EXAT", b"PXAT")
+_EXPIRE_OPTIONS = (b"NX", b"XX", b"GT", b"LT")
+
+
 # ---------------------------------------------------------------------------------------------
 # Connection
 # ---------------------------------------------------------------------------------------------
@@ -147,9 +157,7 @@ def client(ctx: CommandContext, args: list[bytes]) -> object:
     sub = _upper(args[1])
     arity = _CLIENT_SUBCOMMANDS.get(sub)
     if arity is None:
-        raise CommandError(
-            f"ERR unknown subcommand '{args[1].decode(errors='replace')}'. Try CLIENT HELP."
-        )
+        raise CommandError(f"ERR unknown subcommand '{args[1].decode(errors='replace')}'. Try CLIENT HELP.")
     if (arity >= 0 and len(args) != arity) or (arity < 0 and len(args) < -arity):
         raise CommandError(f"ERR wrong number of arguments for 'client|{sub.decode().lower()}' command")
     me = ctx.client
@@ -280,16 +288,41 @@ def config(ctx: CommandContext, args: list[bytes]) -> object:
 # Keyspace
 # ---------------------------------------------------------------------------------------------
 _KEYSPACE = {"group": "string", "key_spec": (1, 1, 1)}
+#: The string writes Redis flags ``denyoom`` (they may grow memory): refused with -OOM past maxmemory.
+_GROWS = {**_KEYSPACE, "flags": ("write", "denyoom")}
+_GROWS_FAST = {**_KEYSPACE, "flags": ("write", "denyoom", "fast")}
 
 
-def _expire_deadline(amount: int, unit_ms: int, command: str, now_ms: int, absolute: bool = False) -> int:
-    """Turn an EX/PX/EXAT/PXAT amount into an absolute deadline, refusing what Redis refuses."""
-    if amount <= 0 and command == "set":
-        raise CommandError(f"ERR invalid expire time in '{command}' command")
+#: C's LLONG_MAX and LLONG_MIN: Redis's expire arithmetic is 64-bit and refuses what would overflow.
+_LLONG_MAX = 2**63 - 1
+_LLONG_MIN = -(2**63)
+
+
+def _c_div(value: int, divisor: int) -> int:
+    """C's integer division (truncates toward zero), as in Redis's ``LLONG_MIN / 1000``."""
+    quotient = abs(value) // divisor
+    return quotient if value >= 0 else -quotient
+
+
+def _set_deadline(amount: int, unit_ms: int, now_ms: int, absolute: bool) -> int:
+    """SET's EX/PX/EXAT/PXAT amount as an absolute deadline (t_string.c getExpireMillisecondsOrReply)."""
+    if amount <= 0 or amount > _LLONG_MAX // unit_ms:
+        raise CommandError("ERR invalid expire time in 'set' command")
     deadline = amount * unit_ms + (0 if absolute else now_ms)
-    if abs(amount) > (2**63 - 1) // unit_ms or deadline > 2**63 - 1:
-        raise CommandError(f"ERR invalid expire time in '{command}' command")
+    if deadline > _LLONG_MAX:  # C's addition would wrap below zero, which Redis then refuses
+        raise CommandError("ERR invalid expire time in 'set' command")
     return deadline
+
+
+def _expire_deadline(amount: int, unit_ms: int, command: str, now_ms: int) -> int:
+    """EXPIRE/PEXPIRE's amount as an absolute deadline (expire.c expireGenericCommand): negative is allowed (the key
+    is deleted), only overflow of the unit conversion or of the addition is refused."""
+    if unit_ms != 1 and not _c_div(_LLONG_MIN, unit_ms) <= amount <= _LLONG_MAX // unit_ms:
+        raise CommandError(f"ERR invalid expire time in '{command}' command")
+    amount *= unit_ms
+    if amount > _LLONG_MAX - now_ms:
+        raise CommandError(f"ERR invalid expire time in '{command}' command")
+    return amount + now_ms
 
 
 @COMMANDS.inline("GET", arity=2, summary="Get the value of a key.", since="1.0.0", **_KEYSPACE)
@@ -303,18 +336,25 @@ def get(ctx: CommandContext, args: list[bytes]) -> object:
     arity=-3,
     summary="Set a key: SET key value [NX|XX] [GET] [EX s|PX ms|EXAT ts|PXAT ts-ms|KEEPTTL].",
     since="1.0.0",
-    **_KEYSPACE,
+    **_GROWS,
 )
 def set_(ctx: CommandContext, args: list[bytes]) -> object:
+    """SET as Redis 7 parses it (t_string.c): every option is checked first, then the expire amount.
+
+    An expire option may repeat (``EX 100 EX 200``: the last wins) but not mix
+    with another (``EX 1 PX 1``, ``KEEPTTL EX 1``: syntax error); the amount
+    is parsed only once the options are known to be well-formed, so
+    ``SET k v EX ET k`` is a syntax error, not an integer error.
+    """
     if len(args) == 3:  # the common case, no options
         ctx.server.keyspace.put(args[1], args[2])
         return OK
     nx = xx = keep_ttl = get_old = False
     expire_option: bytes | None = None
-    expire_at: int | None = None
+    expire_amount: bytes | None = None
     position = 3
     while position < len(args):
-        option = _upper(args[position])
+        option = _c_word(args[position]).upper()
         has_next = position + 1 < len(args)
         if option == b"NX" and not xx:
             nx = True
@@ -322,18 +362,21 @@ def set_(ctx: CommandContext, args: list[bytes]) -> object:
             xx = True
         elif option == b"GET":
             get_old = True
-        elif option == b"KEEPTTL" and expire_option is None:
+        elif option == b"KEEPTTL" and expire_option in (None, option):
             keep_ttl = True
             expire_option = option
-        elif option in (b"EX", b"PX", b"EXAT", b"PXAT") and expire_option is None and has_next:
+        elif option in _SET_EXPIRE_OPTIONS and expire_option in (None, option) and has_next:
             expire_option = option
-            amount = parse_int(args[position + 1])
-            unit = 1000 if option in (b"EX", b"EXAT") else 1
-            expire_at = _expire_deadline(amount, unit, "set", now_ms(), absolute=option.endswith(b"AT"))
+            expire_amount = args[position + 1]
             position += 1
         else:
             raise CommandError(_SYNTAX)
         position += 1
+    expire_at: int | None = None
+    if expire_option is not None and expire_amount is not None:
+        unit = 1000 if expire_option in (b"EX", b"EXAT") else 1
+        absolute = expire_option.endswith(b"AT")
+        expire_at = _set_deadline(parse_int(expire_amount), unit, now_ms(), absolute)
     written, old = ctx.server.keyspace.set(
         args[1],
         args[2],
@@ -354,7 +397,9 @@ def mget(ctx: CommandContext, args: list[bytes]) -> object:
     return [keyspace.get(key) for key in args[1:]]
 
 
-@COMMANDS.inline("MSET", arity=-3, summary="Set several keys.", since="1.0.1", group="string")
+@COMMANDS.inline(
+    "MSET", arity=-3, summary="Set several keys.", since="1.0.1", group="string", flags=("write", "denyoom")
+)
 def mset(ctx: CommandContext, args: list[bytes]) -> object:
     if len(args) % 2 == 0:
         raise CommandError("ERR wrong number of arguments for 'mset' command")
@@ -374,22 +419,22 @@ def exists(ctx: CommandContext, args: list[bytes]) -> object:
     return ctx.server.keyspace.exists(args[1:])
 
 
-@COMMANDS.inline("INCR", arity=2, summary="Increment the integer value of a key by one.", since="1.0.0", **_KEYSPACE)
+@COMMANDS.inline("INCR", arity=2, summary="Increment the integer value of a key by one.", since="1.0.0", **_GROWS_FAST)
 def incr(ctx: CommandContext, args: list[bytes]) -> object:
     return ctx.server.keyspace.incr_by(args[1], 1)
 
 
-@COMMANDS.inline("DECR", arity=2, summary="Decrement the integer value of a key by one.", since="1.0.0", **_KEYSPACE)
+@COMMANDS.inline("DECR", arity=2, summary="Decrement the integer value of a key by one.", since="1.0.0", **_GROWS_FAST)
 def decr(ctx: CommandContext, args: list[bytes]) -> object:
     return ctx.server.keyspace.incr_by(args[1], -1)
 
 
-@COMMANDS.inline("INCRBY", arity=3, summary="Increment the integer value of a key.", since="1.0.0", **_KEYSPACE)
+@COMMANDS.inline("INCRBY", arity=3, summary="Increment the integer value of a key.", since="1.0.0", **_GROWS_FAST)
 def incrby(ctx: CommandContext, args: list[bytes]) -> object:
     return ctx.server.keyspace.incr_by(args[1], parse_int(args[2]))
 
 
-@COMMANDS.inline("DECRBY", arity=3, summary="Decrement the integer value of a key.", since="1.0.0", **_KEYSPACE)
+@COMMANDS.inline("DECRBY", arity=3, summary="Decrement the integer value of a key.", since="1.0.0", **_GROWS_FAST)
 def decrby(ctx: CommandContext, args: list[bytes]) -> object:
     delta = parse_int(args[2])
     if delta == -(2**63):
@@ -397,27 +442,31 @@ def decrby(ctx: CommandContext, args: list[bytes]) -> object:
     return ctx.server.keyspace.incr_by(args[1], -delta)
 
 
-def _expire_condition(options: list[bytes]) -> str | None:
-    flags = {_upper(raw).decode(errors="replace") for raw in options}
-    for flag in flags:
-        if flag not in ("NX", "XX", "GT", "LT"):
-            raise CommandError(f"ERR Unsupported option {flag}")
+def _expire_conditions(options: list[bytes]) -> frozenset[str]:
+    """EXPIRE's NX|XX|GT|LT as Redis 7 parses them (expire.c): each option in order, all before the amount.
+
+    An unknown option is quoted as the client sent it, up to a NUL byte (C's
+    ``%s``), and the first unknown one is named.
+    """
+    flags: set[str] = set()
+    for raw in options:
+        word = _c_word(raw)
+        flag = word.upper()
+        if flag not in _EXPIRE_OPTIONS:
+            raise CommandError("ERR Unsupported option " + word.decode("utf-8", "surrogateescape"))
+        flags.add(flag.decode())
     if "NX" in flags and len(flags) > 1:
         raise CommandError("ERR NX and XX, GT or LT options at the same time are not compatible")
     if "GT" in flags and "LT" in flags:
         raise CommandError("ERR GT and LT options at the same time are not compatible")
-    if not flags:
-        return None
-    if "XX" in flags and len(flags) > 1:
-        return (flags - {"XX"}).pop()  # GT/LT already imply the key has an expiry (or sets one)
-    return flags.pop()
+    return frozenset(flags)
 
 
 def _expire(ctx: CommandContext, args: list[bytes], unit_ms: int, name: str) -> object:
+    conditions = _expire_conditions(args[3:])
     amount = parse_int(args[2])
-    condition = _expire_condition(args[3:])
     deadline = _expire_deadline(amount, unit_ms, name, now_ms())
-    return int(ctx.server.keyspace.expire_at(args[1], deadline, condition))
+    return int(ctx.server.keyspace.expire_at(args[1], deadline, conditions))
 
 
 @COMMANDS.inline(
@@ -461,7 +510,7 @@ def dbsize(ctx: CommandContext, args: list[bytes]) -> object:
 def flushdb(ctx: CommandContext, args: list[bytes]) -> object:
     if len(args) > 2 or (len(args) == 2 and _upper(args[1]) not in (b"ASYNC", b"SYNC")):
         raise CommandError(_SYNTAX)
-    ctx.server.keyspace.flush()
+    ctx.server.memory.released(ctx.server.keyspace.flush())  # give the freed heap back to the OS
     return OK
 
 

@@ -18,6 +18,7 @@ from server.commands.actions import Action, RunCpu, Sleep
 from server.commands.auth import NOAUTH
 from server.commands.pubsub import SUBSCRIBED_MODE_COMMANDS, subscribed_mode_error
 from server.commands.registry import Command, CommandError, Kind, Registry
+from server.memory import OOM_ERROR
 from server.protocol import ProtocolError, RequestParser
 from server.protocol.reply import NULL_BULK, RESP3_NULL, RawReply, encode_error, encode_reply, encode_reply3
 from server.store.commandstats import LINEAR_LIMIT_BITS, SUB_BUCKET_BITS, SUB_MASK, CommandStats
@@ -36,6 +37,9 @@ _CPU = Kind.CPU
 UNKNOWN_COMMAND_QUOTE_LIMIT = 128
 
 _NOAUTH_REPLY = encode_error(NOAUTH)
+_OOM_REPLY = encode_error(OOM_ERROR)
+#: The registry flag of commands that may grow memory (Redis's ``denyoom``): refused with -OOM past maxmemory.
+DENYOOM = "denyoom"
 #: Written for an HTTP request (POST / Host:) before the close: nothing, as Redis writes nothing.
 _NO_REPLY = b""
 
@@ -99,6 +103,7 @@ class Dispatcher:
         self._table = server.command_stats
         #: The table's dict itself: one lookup per request (RESETSTAT zeroes its entries in place).
         self._by_name = server.command_stats.by_name
+        self._memory = server.memory
 
     def execute(self, ctx: CommandContext, args: list[bytes]) -> bytes | Action:
         """Run one request. Returns encoded reply bytes, or an action for the front end.
@@ -111,7 +116,9 @@ class Dispatcher:
         Error handling: unknown commands, wrong arity and :class:`CommandError`
         become error replies with Redis's wording, checked in Redis's order
         (unknown, arity, then ``-NOAUTH`` before AUTH when a password is set,
-        then the RESP2 subscribed-mode rule of :mod:`server.commands.pubsub`).
+        then the RESP2 subscribed-mode rule of :mod:`server.commands.pubsub`, then ``-OOM`` for a command
+        flagged ``denyoom`` when used memory is past maxmemory and the policy cannot evict enough:
+        Redis's processCommand).
         A request whose first word is ``POST`` or ``Host:`` is an HTTP request
         sent to this port: it gets no reply, the client is marked to be closed
         and the attempt is logged (see :mod:`server.security`). Any other
@@ -148,6 +155,11 @@ class Dispatcher:
             stats.total_error_replies += 1
             counters.rejected += 1  # Redis: a rejected call, like NOAUTH
             return encode_error(subscribed_mode_error(name))
+        memory = self._memory
+        if memory.over_limit() and not memory.make_room() and DENYOOM in command.flags:
+            stats.total_error_replies += 1
+            counters.rejected += 1  # Redis: an OOM refusal is a rejected call
+            return _OOM_REPLY
         started = _perf_counter_ns()
         if command.kind is _CPU:
             try:

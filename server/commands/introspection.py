@@ -7,11 +7,12 @@ a flat ``name, docs`` list; in RESP3 the same as maps. The values here are
 dicts and :class:`~server.protocol.reply.SetReply` lists, which the encoder
 sends as Redis 7.0 does in either protocol (COMMAND INFO's flags, ACL
 categories, tips, key specs and subcommands are RESP3 sets in 7.0).
-Argument docs are optional and left out.
+``arguments`` (server.commands.argdocs) is what redis-cli's hints are built from.
 """
 
 from __future__ import annotations
 
+from server.commands.argdocs import arguments_for, encode_arguments
 from server.commands.registry import Command, Kind
 from server.protocol.reply import SetReply, SimpleString
 
@@ -63,6 +64,9 @@ def command_docs(command: Command) -> dict[str, object]:
         "group": command.group,
         "complexity": "O(1)" if command.kind is Kind.INLINE else "depends on the argument (cpu command)",
     }
+    arguments = arguments_for(command)
+    if arguments:
+        docs["arguments"] = encode_arguments(arguments)
     if command.subcommands:
         docs["subcommands"] = {
             f"{command.name}|{sub}": {

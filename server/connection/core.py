@@ -59,10 +59,6 @@ log = structlog.get_logger("crossdock.connection")
 #: The reply a request gets when the server stops before its job finished (its slot is answered, never skipped).
 SHUTTING_DOWN = "ERR server is shutting down"
 
-#: A client cut or gone with more than this unsent makes the clients cron return freed heap to the system
-#: (malloc_trim): glibc keeps freed memory otherwise, and 200 cut clients left 4.4 GB allocated (issue 15).
-BIG_BUFFER_TO_TRIM = 4 * WRITE_BUFFER_HIGH_WATER
-
 #: Limits whose close drops what is unsent (RST): the client is not taking its replies anyway.
 _ABORTING_LIMITS = frozenset({OUTPUT_BUFFER, PUBSUB_OUTPUT_BUFFER, WRITE_TIMEOUT})
 
@@ -183,7 +179,7 @@ class ConnectionCore:
         #: Reply bytes held here and not yet handed to the transport (``_out`` and the bytes in ``_pending``):
         #: with the transport's buffer, what --output-buffer-limit bounds.
         self._out_bytes = 0
-        #: This connection's share of ``state.output_bytes`` (the server-wide --output-budget), as last counted.
+        #: This connection's share of ``state.memory.client_output_bytes`` (--output-budget), as last counted.
         self._accounted = 0
         #: Replies waiting behind an unfinished job, in request order (bytes or jobs). A list, not a deque: an
         #: empty deque allocates a 64-slot block (~600 bytes per idle connection).
@@ -475,24 +471,25 @@ class ConnectionCore:
             self.close_for(OUTPUT_BUFFER, unsent=unsent, limit=limit)
             return True
         budget = self.config.output_budget
-        if budget and unsent > WRITE_BUFFER_HIGH_WATER and self.state.output_bytes > budget:
-            self.close_for(OUTPUT_BUFFER, unsent=unsent, server_unsent=self.state.output_bytes, budget=budget)
+        server_unsent = self.state.memory.client_output_bytes
+        if budget and unsent > WRITE_BUFFER_HIGH_WATER and server_unsent > budget:
+            self.close_for(OUTPUT_BUFFER, unsent=unsent, server_unsent=server_unsent, budget=budget)
             return True
         return False
 
     def _account(self) -> int:
         """Count this connection's unsent bytes into the server-wide total; return them."""
         unsent = self._out_bytes + self.transport.get_write_buffer_size()
-        self.state.output_bytes += unsent - self._accounted
+        self.state.memory.client_output_bytes += unsent - self._accounted
         self._accounted = unsent
         return unsent
 
     def _unaccount(self) -> None:
         """This connection holds nothing any more: take its share out of the server-wide total."""
         if self._accounted:
-            if self._accounted > BIG_BUFFER_TO_TRIM:
-                self.state.trim_wanted = True  # glibc keeps freed heap: the cron gives it back
-            self.state.output_bytes -= self._accounted
+            memory = self.state.memory
+            memory.client_output_bytes -= self._accounted
+            memory.released(self._accounted)  # glibc keeps freed heap: past a threshold, it is given back
             self._accounted = 0
 
     def _note_partial_request(self, buffered: int, served: bool) -> None:

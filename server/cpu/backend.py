@@ -32,7 +32,10 @@ class JobPool(Protocol):
     submission so that it marks its start; ``job_started`` reads that mark;
     ``stop_job`` stops the worker running a job (whatever else that costs the
     executor, its other jobs fail with an executor error and are resubmitted);
-    ``replace_broken`` swaps in a fresh executor once per broken one.
+    ``replace_broken`` swaps in a fresh executor once per broken one;
+    ``died_workers`` names the workers whose own death broke an executor
+    (None when that cannot be told), so only the job running on one of them
+    is failed and the others, stopped by the executor's fall, are rerun.
     """
 
     workers: int
@@ -50,6 +53,8 @@ class JobPool(Protocol):
     def stop_job(self, executor: Any, start: JobStart) -> None: ...
 
     def replace_broken(self, broken: Any) -> bool: ...
+
+    def died_workers(self, broken: Any) -> frozenset[int] | None: ...
 
 
 class CpuBackend(JobPool, Protocol):

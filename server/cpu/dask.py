@@ -284,6 +284,10 @@ class DaskPool:
         self._jobs[slot] = entry
         outer.add_done_callback(lambda _done: self._jobs.pop(slot, None) if self._jobs.get(slot) is entry else None)
 
+    def died_workers(self, broken: object) -> frozenset[int] | None:
+        """Which worker broke the client is not known here: any job that had started may be the cause."""
+        return None
+
     def job_started(self, executor: object, job_id: int, slot: int) -> JobStart | None:
         """When job ``job_id`` started on a worker (its start event arrived), and the worker's pid; else None."""
         entry = self._starts.get(slot)

@@ -13,6 +13,23 @@ asyncio and the threaded front end and for any executor that offers the
   is answered ``-BUSY cpu queue is full (N requests waiting), try again
   later`` and counted (INFO ``cpu_rejected_busy``). One log line when
   shedding starts and one when it stops, never one per request.
+- **Batches** (issue 12). What leaves the queues together (the requests of
+  one loop pass, or those that gathered while every worker was busy) goes to
+  the executor as few submissions as keep every worker busy, each carrying up
+  to :data:`MAX_BATCH_SIZE` jobs (``run_in_executor`` once, one pickle each
+  way): per-call machinery, not computation, is what a small request costs.
+  A worker returns a batch once it has run :data:`BATCH_TIME_BUDGET` of it;
+  the jobs it did not reach go back to the front of their clients' queues, so
+  a heavy request never holds light ones behind it for long.
+- **Fair sharing of the backlog** (issue 15, item 6). Admitted jobs wait in
+  one queue per client and are handed to the executor round-robin across
+  clients, at most :data:`SUBMISSIONS_PER_WORKER` submissions per worker at a time,
+  so a client's long pipeline does not run ahead of everyone else's single
+  request. When the backlog is full, a request from a client with fewer
+  waiting jobs than the client with the most is still admitted, and that
+  client's newest waiting job is answered ``-BUSY`` in its place: only a
+  client over its fair share of the backlog is ever shed, and the bound on
+  the total stays exact.
 - **Timeout on running time.** A watcher thread wakes a few times per
   timeout period and reads each job's start mark (written by the worker);
   a job that has *run* longer than ``cpu_timeout`` (time spent waiting in
@@ -24,9 +41,12 @@ asyncio and the threaded front end and for any executor that offers the
   one again is safe, and failing innocent requests because a neighbour was
   slow would be worse.
 - **A worker killed from outside** (SIGKILL, the OOM killer) breaks the
-  executor: it is replaced once, the jobs that had started on it (one of
-  them may be what killed it) are answered with an error, and the jobs that
-  were still waiting are resubmitted. No other request notices.
+  executor: it is replaced once, the job that was running on the dead worker
+  (it may be what killed it) is answered with an error, and every other job
+  (waiting, or running on a worker the executor stopped in its fall) is
+  resubmitted: one lost request per killed worker. When the dead worker
+  cannot be told apart (:meth:`JobPool.died_workers` is None), every job
+  that had started is answered with the error.
 - **A client that goes away** (:meth:`abandon`): its job runs to its end
   (or its timeout) and the reply is dropped quietly; the job leaves the
   books when its executor is done with it, so INFO's ``cpu_jobs_in_flight``
@@ -46,9 +66,11 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import itertools
+import math
 import threading
 import time
 import weakref
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -62,6 +84,24 @@ if TYPE_CHECKING:
     from server.store.state import ServerState
 
 log = structlog.get_logger("crossdock.cpu")
+
+#: Submissions (a job or a batch) the executor holds at once, per worker: one running and one ready to start the
+#: moment it ends, so a worker never idles for a round trip to the front end. The rest wait in the per-client
+#: queues here, where round-robin order decides who goes next; a deeper executor queue would be
+#: first-come-first-served again.
+SUBMISSIONS_PER_WORKER = 2
+
+#: Most jobs one submission carries. Enough that per-call costs (a pickle each way, the executor's
+#: bookkeeping, a wake-up of the loop) are spread thin over small requests; the time budget below keeps
+#: a batch of heavy ones from holding replies back.
+MAX_BATCH_SIZE = 64
+
+#: Seconds of work after which a worker returns a batch with the jobs it has run, leaving the rest to be
+#: handed out again: about what 64 small requests cost, and short next to any request worth a worker.
+BATCH_TIME_BUDGET = 0.002
+
+#: Weight of the newest run time in a command's smoothed cost: a few samples settle it, one outlier does not.
+COST_SMOOTHING = 0.3
 
 #: How many times one request may be resubmitted because the executor under it was replaced for
 #: someone else's fault (a neighbour's timeout, a crash while it waited). Each resubmission is a
@@ -88,7 +128,8 @@ def timeout_error(command: str, seconds: float) -> str:
     return f"ERR cpu command '{command}' timed out after {seconds:g}s (cpu-timeout); its worker was replaced"
 
 
-#: Reply when a job cannot be submitted at all (the pool is shut down, or keeps breaking).
+#: Reply when a job cannot be submitted at all (the pool is shut down, keeps breaking, or cannot be replaced
+#: for lack of descriptors or memory).
 POOL_UNAVAILABLE = "ERR cpu pool unavailable, try again later"
 
 
@@ -113,18 +154,33 @@ CallSoon = Callable[..., object]
 #: Run ``fn()`` later in the front end's own context, from that context (``loop.call_soon``).
 Defer = Callable[[Callable[[], None]], object]
 
-#: Most jobs one submission carries. Enough that per-call costs (a pickle each way, the executor's
-#: bookkeeping, a wake-up of the loop) are spread thin over small requests; few enough that the
-#: first reply of a batch does not wait long behind the last (replies of a batch come back together).
-MAX_BATCH_SIZE = 64
 
-#: Submissions the executor may hold per worker: one running and one waiting, so a worker that finishes
-#: has its next batch at hand while the result travels back, and everything else gathers into batches.
-SUBMISSIONS_PER_WORKER = 2
+def _cut(jobs: list[Job], weights: list[float], room: int, workers: int) -> list[list[Job]]:
+    """Cut ``jobs`` (in order) into contiguous groups of at most one submission's worth of weight each, and
+    into at least as many groups as there are free submissions and workers to keep busy (when jobs allow)."""
+    total = sum(weights)
+    count = min(len(jobs), max(min(room, workers), math.ceil(total - _EPSILON)))
+    share = total / count
+    groups: list[list[Job]] = [[]]
+    filled = 0.0
+    for index, (job, weight) in enumerate(zip(jobs, weights, strict=True)):
+        full = filled + weight > 1.0 + _EPSILON
+        fair = filled >= share - _EPSILON and len(groups) < count
+        needed = len(jobs) - index <= count - len(groups)  # one job per group left to fill
+        if groups[-1] and (full or fair or needed):
+            groups.append([])
+            filled = 0.0
+        groups[-1].append(job)
+        filled += weight
+    return groups
+
+
+#: Slack for float sums of 1/cap weights.
+_EPSILON = 1e-9
 
 
 def split_batches(jobs: list[Job], workers: int) -> list[list[Job]]:
-    """``jobs`` in admission order, cut into as few contiguous groups as keep every worker busy.
+    """``jobs`` in hand-out order, cut into as few contiguous groups as keep ``workers`` busy.
 
     One group per worker (fewer when there are fewer jobs), more only when a
     group would pass :data:`MAX_BATCH_SIZE`; sizes differ by at most one.
@@ -158,6 +214,7 @@ class Job:
         "settled",
         "slot",
         "start",
+        "submitted",
         "timed_out",
     )
 
@@ -174,6 +231,8 @@ class Job:
         self.start: JobStart | None = None
         self.deadline: float | None = None
         self.resubmits = 0
+        #: Handed to the executor (until then it waits in its client's queue in :class:`CpuJobs`).
+        self.submitted = False
         #: The reply has been given (result, error or timeout); later outcomes are dropped.
         self.settled = False
         #: The client went away: no reply is wanted.
@@ -205,25 +264,27 @@ class CpuJobs:
         self.timeout = timeout
         self._submit_fn = submit
         self._call_soon = call_soon
-        #: Runs the batch flush later in the front end's context (``loop.call_soon``): the requests admitted in
-        #: one loop pass go together. None (threads): each admission flushes what is ready at that moment.
+        #: Hands jobs out later in the front end's context (``loop.call_soon``), so the requests admitted in one
+        #: loop pass leave together. None (threads): each admission hands out what it can at once.
         self._defer = defer
+        self._hand_out_scheduled = False
         #: How the pool takes several jobs in one submission (the process pool's ``batch_call``); None: one by one.
         self._batch_call: Callable[..., tuple[Callable[..., Any], tuple[Any, ...]]] | None = getattr(
             pool, "batch_call", None
         )
-        #: Admitted jobs waiting for the flush that submits them, in admission order.
-        self._ready: list[Job] = []
-        self._flush_scheduled = False
-        #: Submissions (single jobs or batches) the executor holds. Capped at SUBMISSIONS_PER_WORKER per
-        #: worker: while every worker is busy, new requests gather here and leave as one batch when one
-        #: finishes, instead of queueing one by one in the executor (where they could not start sooner).
-        self._outstanding = 0
-        self._max_outstanding = SUBMISSIONS_PER_WORKER * max(pool.workers, 1)
+        #: Per command: its smoothed run time per job in a worker (seconds), measured from the jobs' start marks.
+        self._cost: dict[str, float] = {}
         self._lock = threading.Lock()
         self._jobs: dict[int, Job] = {}
         self._ids = itertools.count(1)
         self._free_slots = list(range(pool.job_slots))
+        #: Admitted jobs not yet handed to the executor, per client, clients in round-robin order.
+        self._waiting: OrderedDict[int, deque[Job]] = OrderedDict()
+        #: Submissions the executor holds (futures not yet done); at most ``_depth``.
+        self._in_executor = 0
+        self._depth = SUBMISSIONS_PER_WORKER * max(pool.workers, 1)
+        #: Per thread: groups released while that thread is already submitting (see :meth:`_submit_ready`).
+        self._local = threading.local()
         #: Executors this object stopped on purpose (a timeout): their other jobs are resubmitted.
         self._stopped: weakref.WeakSet[Any] = weakref.WeakSet()
         #: rejected_busy when the current shedding episode began (None: not shedding).
@@ -251,121 +312,114 @@ class CpuJobs:
         callback thread (under the threaded front end).
         """
         job: Job | None = None
-        batching = flush_now = False
+        preempted: Job | None = None
         with self._lock:
             waiting = len(self._jobs) - self.pool.workers
             shed_before = self._rejected_before_shedding
             if waiting >= self.queue_limit or not self._free_slots:
+                preempted = self._preempt_for(client_id)
                 self.rejected_busy += 1
                 if shed_before is None:
                     self._rejected_before_shedding = self.rejected_busy - 1
-            else:
+            if preempted is not None or (waiting < self.queue_limit and self._free_slots):
                 job = Job(next(self._ids), self._free_slots.pop(), action, on_reply, client_id)
                 self._jobs[job.id] = job
-                self._rejected_before_shedding = None
-                batching = self._batch_call is not None
-                if batching:
-                    self._ready.append(job)
-                    flush_now = not self._flush_scheduled
-                    self._flush_scheduled = True
-        if job is None:
-            if shed_before is None:  # one line per shedding episode, not per shed request
-                log.warning("cpu_shedding_started", waiting=waiting, limit=self.queue_limit)
-            on_reply(encode_error(busy_error(max(waiting, 0))))
-            return None
-        if shed_before is not None:
-            log.info("cpu_shedding_stopped", rejected=self.rejected_busy - shed_before)
-        if not batching:
-            self._submit(job)
-        elif flush_now:
+                queue = self._waiting.get(client_id)
+                if queue is None:
+                    self._waiting[client_id] = queue = deque()
+                queue.append(job)
+                if preempted is None:
+                    self._rejected_before_shedding = None
+            ready: list[list[Job]] = []
             if self._defer is None:
-                self._flush()
-            else:
-                self._defer(self._flush)
+                ready = self._take_ready()
+            elif job is not None and not self._hand_out_scheduled:
+                self._hand_out_scheduled = True
+                self._defer(self._hand_out)
+        if (preempted is not None or job is None) and shed_before is None:  # one line per episode
+            log.warning("cpu_shedding_started", waiting=waiting, limit=self.queue_limit)
+        if preempted is not None:
+            self._finish(preempted, encode_error(busy_error(max(waiting, 0))), release=False)
+        elif job is None:
+            on_reply(encode_error(busy_error(max(waiting, 0))))
+        elif shed_before is not None:
+            log.info("cpu_shedding_stopped", rejected=self.rejected_busy - shed_before)
+        self._submit_ready(ready)
         return job
 
-    # -- batches -----------------------------------------------------------------------------------
-    def _flush(self) -> None:
-        """Submit every job admitted since the last flush: alone, or split in batches across the workers.
+    def _preempt_for(self, client_id: int) -> Job | None:
+        """The backlog is full: take back the newest waiting job of the client with the most waiting, if that is
+        more than ``client_id`` would have with one more; None if ``client_id`` is itself over its share.
+        Called with the lock held; the caller answers the job ``-BUSY``."""
+        mine = len(self._waiting.get(client_id, ()))
+        greedy = max(self._waiting, key=lambda cid: len(self._waiting[cid]), default=None)
+        if greedy is None or greedy == client_id or len(self._waiting[greedy]) <= mine + 1:
+            return None
+        queue = self._waiting[greedy]
+        job = queue.pop()
+        if not queue:
+            del self._waiting[greedy]
+        del self._jobs[job.id]
+        self._free_slots.append(job.slot)
+        return job
 
-        A lone request goes at once as itself (no added latency at low load).
-        Several go as at most one batch per worker, each of at most
-        :data:`MAX_BATCH_SIZE`, contiguous in admission order.
-        """
+    def _take_ready(self) -> list[list[Job]]:
+        """Groups of jobs to submit now: taken round-robin across clients while the executor has room, then cut
+        into at most one batch per free submission (single jobs without a ``batch_call``). Called with the lock
+        held; the caller submits them after releasing it."""
+        room = self._depth - self._in_executor
+        waiting = self._waiting
+        if room <= 0 or not waiting:
+            return []
+        if self._batch_call is None:
+            taken = [self._next_round_robin() for _ in range(min(room, sum(map(len, waiting.values()))))]
+            groups = [[job] for job in taken]
+        else:
+            # Each job takes 1/cap of a submission: cheap commands share one, an unmeasured or heavy one has its own.
+            taken, units = [], 0.0
+            while waiting and units < room:
+                job = self._next_round_robin()
+                taken.append(job)
+                units += 1.0 / self._batch_cap(job.action.name)
+            groups = _cut(taken, [1.0 / self._batch_cap(job.action.name) for job in taken], room, self.pool.workers)
+        self._in_executor += len(groups)
+        return groups
+
+    def _next_round_robin(self) -> Job:
+        """The next waiting job in round-robin order (the lock is held; ``_waiting`` is not empty)."""
+        waiting = self._waiting
+        client_id, queue = waiting.popitem(last=False)
+        job = queue.popleft()
+        if queue:
+            waiting[client_id] = queue  # to the back of the round
+        job.submitted = True
+        return job
+
+    def _batch_cap(self, name: str) -> int:
+        """How many ``name`` jobs one submission may carry: the batch time budget over its measured run time."""
+        cost = self._cost.get(name)
+        if cost is None:
+            return 1  # not measured yet: alone, so a heavy command is never batched on a guess
+        return max(1, min(MAX_BATCH_SIZE, int(BATCH_TIME_BUDGET / max(cost, 1e-7))))
+
+    def _measured(self, name: str, seconds: float) -> None:
+        """One more run time of ``name`` (seconds per job), smoothed: what :meth:`_batch_cap` divides by."""
+        old = self._cost.get(name)
+        self._cost[name] = seconds if old is None else old + COST_SMOOTHING * (seconds - old)
+
+    def _hand_out(self) -> None:
+        """End of a loop pass: submit what was admitted during it (with :attr:`_defer`)."""
         with self._lock:
-            self._flush_scheduled = False
-            room = self._max_outstanding - self._outstanding
-            if room <= 0 or not self._ready:
-                return  # a finishing submission flushes again (_submission_done)
-            take = min(len(self._ready), room * MAX_BATCH_SIZE)
-            ready, self._ready = self._ready[:take], self._ready[take:]
-        for group in split_batches(ready, min(room, self.pool.workers)):
-            if len(group) == 1:
-                self._submit(group[0])
-            else:
-                self._submit_batch(group)
+            self._hand_out_scheduled = False
+            ready = self._take_ready()
+        self._submit_ready(ready)
 
-    def _submit_batch(self, group: list[Job]) -> None:
-        pool = self.pool
-        executor = pool.executor
-        assert self._batch_call is not None
-        fn, args = self._batch_call([(job.id, job.slot, job.action.func, job.action.args) for job in group])
-        for job in group:  # first submission: the watcher has seen no start for these jobs yet
-            job.executor = executor
-        try:
-            future = self._submit_fn(executor, fn, *args)
-        except concurrent.futures.BrokenExecutor:
-            pool.replace_broken(executor)  # broke before these reached it: each tries the fresh one
-            for job in group:
-                self._submit(job)
-            return
-        except RuntimeError:  # shut down: the server is stopping
-            for job in group:
-                self._finish(job, encode_error(POOL_UNAVAILABLE), release=True)
-            return
-        self.batches += 1
-        self.batched_jobs += len(group)
+    def _submission_done(self) -> None:
+        """A submission left the executor (any outcome): room for the next groups."""
         with self._lock:
-            self._outstanding += 1
-        for job in group:
-            job.future = future
-        future.add_done_callback(functools.partial(self._on_batch_done, group))
-
-    def _on_batch_done(self, group: list[Job], future: _JobFuture) -> None:
-        """A batch came back, or its executor is gone: answer each job, or rerun the innocent ones.
-
-        When the worker died under the batch, only the job it was running (the
-        last of the batch with a start mark) is answered with the error; the
-        jobs it had finished (their results died with it) and those it had not
-        reached are resubmitted: cpu commands are pure, running one again is safe.
-        """
-        self._submission_done()
-        live = [job for job in group if job.future is future]  # not since resubmitted alone
-        if not future.cancelled():
-            error = future.exception()
-            if error is None:
-                for job, tagged in zip(group, future.result(), strict=True):
-                    if job.future is future:
-                        self._finish(job, cpu_reply(tagged), release=True)
-                return
-            if not isinstance(error, concurrent.futures.BrokenExecutor):
-                for job in live:
-                    self._finish(job, cpu_failure_reply(error), release=True)
-                return
-            self.pool.replace_broken(group[0].executor)
-        executor = group[0].executor
-        running = None
-        if executor not in self._stopped:
-            started = [job for job in live if self.pool.job_started(executor, job.id, job.slot) is not None]
-            running = started[-1] if started else None
-        for job in live:
-            if job.settled or job.abandoned:
-                self._finish(job, b"", release=True)
-            elif job is running:
-                self.worker_failures += 1
-                self._finish(job, encode_error(WORKER_DIED), release=True)
-            else:
-                self._resubmit(job)
+            self._in_executor -= 1
+            ready = self._take_ready()
+        self._submit_ready(ready)
 
     def abandon(self, job: Job) -> None:
         """The client that asked for ``job`` has gone: its reply is dropped, and it is not resubmitted.
@@ -376,8 +430,19 @@ class CpuJobs:
         exact (a job slot is free only when no worker can still write to it,
         and the backlog bound counts the work the executor really holds);
         the backlog bound and the timeout bound what a departed client costs.
+        A job still waiting in its client's queue never reaches the executor:
+        it leaves the books at once.
         """
-        job.abandoned = True
+        with self._lock:
+            job.abandoned = True
+            queue = self._waiting.get(job.client_id)
+            if job.submitted or queue is None or job not in queue:
+                return
+            queue.remove(job)
+            if not queue:
+                del self._waiting[job.client_id]
+            if self._jobs.pop(job.id, None) is not None:
+                self._free_slots.append(job.slot)
 
     # -- submission and outcomes -------------------------------------------------------------------
     def _submit(self, job: Job) -> None:
@@ -397,25 +462,119 @@ class CpuJobs:
                 continue
             except RuntimeError:  # shut down: the server is stopping
                 break
+            except OSError:
+                # The executor could not start a worker (descriptors or memory ran out). The request it had
+                # already queued would be run with nobody waiting for it: retire that executor (cancelling
+                # what it queued; what it runs finishes) and try a fresh one; past the tries, answer now.
+                pool.replace_broken(executor)
+                continue
             job.future = future
-            with self._lock:
-                self._outstanding += 1
             future.add_done_callback(functools.partial(self._on_done, job))
             return
         self._finish(job, encode_error(POOL_UNAVAILABLE), release=True)
+        self._submission_done()  # the submission it had a place for never reached the executor
 
-    def _submission_done(self) -> None:
-        """A submission left the executor: if requests gathered meanwhile, flush them now."""
+    def _submit_batch(self, group: list[Job]) -> None:
+        """One submission for several jobs (``batch_call``); a pool that cannot take it gets them one by one."""
+        pool = self.pool
+        executor = pool.executor
+        assert self._batch_call is not None
+        items = [(job.id, job.slot, job.action.func, job.action.args) for job in group]
+        fn, args = self._batch_call(items, BATCH_TIME_BUDGET)
         with self._lock:
-            self._outstanding -= 1
-            flush = bool(self._ready) and not self._flush_scheduled
-            if flush:
-                self._flush_scheduled = True
-        if flush:
-            if self._defer is None:
-                self._flush()
+            for job in group:
+                job.executor, job.start, job.deadline = executor, None, None
+        try:
+            future = self._submit_fn(executor, fn, *args)
+        except (concurrent.futures.BrokenExecutor, OSError):
+            pool.replace_broken(executor)  # broke (or could not start a worker) before these reached it
+            with self._lock:
+                self._in_executor += len(group) - 1  # each goes on its own now
+            self._submit_ready([[job] for job in group])
+            return
+        except RuntimeError:  # shut down: the server is stopping
+            for job in group:
+                self._finish(job, encode_error(POOL_UNAVAILABLE), release=True)
+            self._submission_done()
+            return
+        self.batches += 1
+        self.batched_jobs += len(group)
+        for job in group:
+            job.future = future
+        future.add_done_callback(functools.partial(self._on_batch_done, group))
+
+    def _on_batch_done(self, group: list[Job], future: _JobFuture) -> None:
+        """A batch came back (perhaps only its first jobs: the time budget), or its executor is gone.
+
+        When a worker died under the batch, only the job it was running (the
+        last of the batch with a start mark), if that worker died on its own,
+        is answered with the error; the jobs it had finished (their results
+        died with it) and those it had not reached are resubmitted: cpu
+        commands are pure, running one again is safe.
+        """
+        live = [job for job in group if job.future is future]  # not since resubmitted alone
+        if not future.cancelled():
+            error = future.exception()
+            if error is None:
+                results = future.result()
+                self._note_run_time(group[: len(results)])
+                for job, tagged in zip(group, results, strict=False):
+                    if job.future is future:
+                        self._finish(job, cpu_reply(tagged), release=True)
+                self._requeue([job for job in group[len(results) :] if job.future is future])
+                self._submission_done()
+                return
+            if not isinstance(error, concurrent.futures.BrokenExecutor):
+                for job in live:
+                    self._finish(job, cpu_failure_reply(error), release=True)
+                self._submission_done()
+                return
+            self.pool.replace_broken(group[0].executor)
+        executor = group[0].executor
+        running = None
+        if executor not in self._stopped:
+            started = [job for job in live if self.pool.job_started(executor, job.id, job.slot) is not None]
+            if started and not self._innocent(started[-1]):
+                running = started[-1]
+        self._submission_done()
+        for job in live:
+            if job.settled or job.abandoned:
+                self._finish(job, b"", release=True)
+            elif job is running:
+                self.worker_failures += 1
+                self._finish(job, encode_error(WORKER_DIED), release=True)
             else:
-                self._defer(self._flush)
+                self._resubmit(job)
+
+    def _note_run_time(self, ran: list[Job]) -> None:
+        """Measure what ``ran`` (one submission, in order) cost per job, from the first one's start mark to now."""
+        if not ran or self._batch_call is None:
+            return
+        first = ran[0]
+        start = self.pool.job_started(first.executor, first.id, first.slot)
+        if start is None:
+            return
+        per_job = max(time.monotonic() - start.started, 0.0) / len(ran)
+        for name in {job.action.name for job in ran}:
+            self._measured(name, per_job)
+
+    def _requeue(self, jobs: list[Job]) -> None:
+        """Jobs a batch returned without running (its time budget ran out): back to the front of their queues."""
+        if not jobs:
+            return
+        with self._lock:
+            for job in reversed(jobs):
+                if job.settled or job.abandoned:
+                    if self._jobs.pop(job.id, None) is not None:
+                        self._free_slots.append(job.slot)
+                    continue
+                job.submitted = False
+                job.future = None
+                queue = self._waiting.get(job.client_id)
+                if queue is None:
+                    self._waiting[job.client_id] = queue = deque()
+                    self._waiting.move_to_end(job.client_id, last=False)
+                queue.appendleft(job)
 
     def _on_done(self, job: Job, future: _JobFuture) -> None:
         self._submission_done()
@@ -424,6 +583,7 @@ class CpuJobs:
         if not future.cancelled():
             error = future.exception()
             if error is None:
+                self._note_run_time([job])
                 self._finish(job, cpu_reply(future.result()), release=True)
                 return
             if not isinstance(error, concurrent.futures.BrokenExecutor):
@@ -433,11 +593,22 @@ class CpuJobs:
         # The executor under this job is gone: it was stopped (a timeout), broken, or shut down.
         if job.settled or job.abandoned:
             self._finish(job, b"", release=True)
-        elif job.executor in self._stopped or self.pool.job_started(job.executor, job.id, job.slot) is None:
+        elif self._innocent(job):
             self._resubmit(job)
         else:
             self.worker_failures += 1
             self._finish(job, encode_error(WORKER_DIED), release=True)
+
+    def _innocent(self, job: Job) -> bool:
+        """Whether ``job``'s executor fell for another job's fault: stopped on purpose (a timeout), or the job
+        had not started, or it ran on a worker the executor stopped after another worker died."""
+        if job.executor in self._stopped:
+            return True
+        start = self.pool.job_started(job.executor, job.id, job.slot)
+        if start is None:
+            return True
+        died = self.pool.died_workers(job.executor)
+        return died is not None and start.pid not in died
 
     def _resubmit(self, job: Job) -> None:
         if job.resubmits >= MAX_RESUBMITS:
@@ -445,6 +616,8 @@ class CpuJobs:
             return
         job.resubmits += 1
         self.resubmitted += 1
+        with self._lock:
+            self._in_executor += 1  # a submission of its own, outside the round
         self._submit(job)
 
     def _finish(self, job: Job, reply: bytes, *, release: bool) -> None:
@@ -456,6 +629,27 @@ class CpuJobs:
                 self._free_slots.append(job.slot)
         if deliver:
             job.on_reply(reply)
+
+    def _submit_ready(self, ready: list[list[Job]]) -> None:
+        """Submit the groups :meth:`_take_ready` released. A submission that fails at once finishes its jobs,
+        which releases the next: those are queued to this thread's loop here instead of recursing, so a failing
+        pool answers a long backlog without deepening the stack."""
+        if not ready:
+            return
+        pending: deque[list[Job]] | None = getattr(self._local, "pending", None)
+        if pending is not None:  # already submitting on this thread: the loop below takes them
+            pending.extend(ready)
+            return
+        self._local.pending = pending = deque(ready)
+        try:
+            while pending:
+                group = pending.popleft()
+                if len(group) == 1:
+                    self._submit(group[0])
+                else:
+                    self._submit_batch(group)
+        finally:
+            self._local.pending = None
 
     # -- timeouts ----------------------------------------------------------------------------------
     def _watch(self) -> None:

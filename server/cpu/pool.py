@@ -24,7 +24,11 @@ was running on a crashed pool from one that was still waiting.
 Error handling: a dead worker breaks the whole ProcessPoolExecutor; the pool
 swaps in a fresh executor once per broken one (under a lock, whoever notices
 first), starts and pre-warms its workers in a background thread so the event
-loop never waits for process start-up, and logs ``pool_replaced`` once.
+loop never waits for process start-up, and logs ``pool_replaced`` once. When
+the replacement cannot be built because descriptors (or memory) ran out, the
+broken executor stays current and ``pool_replace_failed`` is logged once;
+each later cpu request tries the replacement again (and gets an error reply
+at once while it fails), so the pool comes back as soon as descriptors do.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +97,10 @@ class CpuPool:
         self._generation = 0
         self._lock = threading.Lock()
         self._closed = False
+        #: True from a replacement that failed (descriptors or memory ran out) until one succeeds.
+        self.replace_failing = False
+        #: Broken executor -> pids of the workers that died on their own (see :meth:`died_workers`).
+        self._culprits: weakref.WeakKeyDictionary[Any, frozenset[int]] = weakref.WeakKeyDictionary()
         self.executor: concurrent.futures.ProcessPoolExecutor = self._new_executor()
 
     def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
@@ -123,10 +132,10 @@ class CpuPool:
         return run_job, (job_id, slot, func, args)
 
     def batch_call(
-        self, items: list[tuple[int, int, Callable[..., Any], tuple[Any, ...]]]
+        self, items: list[tuple[int, int, Callable[..., Any], tuple[Any, ...]]], budget: float
     ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        """The callable and arguments to submit for several jobs at once: ``(job_id, slot, func, args)`` each."""
-        return run_batch, (items,)
+        """What to submit for several jobs at once (``(job_id, slot, func, args)`` each): back after ``budget`` s."""
+        return run_batch, (items, budget)
 
     def job_started(self, executor: object, job_id: int, slot: int) -> JobStart | None:
         """Whether job ``job_id`` has started on ``executor``, and on which worker since when; else None."""
@@ -173,15 +182,50 @@ class CpuPool:
         with BrokenProcessPool; the cpu-job policy answers or resubmits them.
         New requests go to the replacement.
         """
+        self._note_culprits(broken)
         return self._replace(broken, reason="worker_died", shutdown_old=True)
+
+    def died_workers(self, broken: concurrent.futures.ProcessPoolExecutor) -> frozenset[int] | None:
+        """The pids of ``broken``'s workers that died on their own; None if none can be told apart.
+
+        A ProcessPoolExecutor that sees one worker die fails every future it
+        holds and SIGTERMs its other workers: the request that was running on
+        a survivor did nothing wrong. A worker that died on its own shows an
+        exit status other than SIGTERM's (SIGKILL from the OOM killer or a
+        person, a segfault, an ``os._exit``), read once when the break is first
+        noticed; when every worker shows SIGTERM (someone SIGTERMed a worker)
+        the culprit cannot be told and None says "any of them".
+        """
+        self._note_culprits(broken)
+        return self._culprits.get(broken) or None
+
+    def _note_culprits(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
+        with self._lock:
+            if broken in self._culprits:
+                return
+            processes = dict(getattr(broken, "_processes", None) or {})  # None once shut down
+            self._culprits[broken] = frozenset(
+                pid for pid, process in processes.items() if process.exitcode not in (None, -signal.SIGTERM)
+            )
 
     def _replace(self, old: concurrent.futures.ProcessPoolExecutor, *, reason: str, shutdown_old: bool) -> bool:
         with self._lock:
             if old is not self.executor or self._closed:
                 return False
             self._generation += 1
-            self.executor = new = self._new_executor()  # no process starts here: that is the pre-warm's job
+            try:
+                new = self._new_executor()  # its queues need pipes; no process starts here (the pre-warm's job)
+            except OSError as exc:  # EMFILE/ENFILE/ENOMEM: keep the old one; the next request tries again
+                self._generation -= 1
+                failing_before, self.replace_failing = self.replace_failing, True
+                if not failing_before:  # one line per episode
+                    log.warning("pool_replace_failed", reason=reason, error=f"{type(exc).__name__}: {exc}")
+                return False
+            self.executor = new
             self.restarts += 1
+            recovered, self.replace_failing = self.replace_failing, False
+        if recovered:
+            log.info("pool_replace_recovered", restarts=self.restarts)
         log.warning("pool_replaced", reason=reason, restarts=self.restarts, workers=self.workers)
         if shutdown_old:
             old.shutdown(wait=False, cancel_futures=True)

@@ -180,13 +180,23 @@ def run_job(job_id: int, slot: int, func: Callable[..., Any], args: tuple[Any, .
         return ERROR_TAG, f"ERR {type(exc).__name__}: {_describe(exc)}"
 
 
-def run_batch(items: list[tuple[int, int, Callable[..., Any], tuple[Any, ...]]]) -> list[tuple[int, Any]]:
-    """What the pool runs for cpu requests that were ready together: :func:`run_job` for each, in order.
+def run_batch(
+    items: list[tuple[int, int, Callable[..., Any], tuple[Any, ...]]], budget: float = 0.0
+) -> list[tuple[int, Any]]:
+    """What the pool runs for cpu requests handed out together: :func:`run_job` for each, in order.
 
     One submission, one pickle each way and one result for the lot, instead of
     one per request: per-call machinery, not computation, is what a small cpu
     request costs (issue 12). Each job still marks its own start, so timeouts
     count each request's own running time and a worker that dies costs only
     the job it was running (server.cpu.jobs reruns the others of the batch).
+    Once ``budget`` seconds have gone (0: no budget) the results so far are
+    returned; the server hands the jobs not reached out again.
     """
-    return [run_job(job_id, slot, func, args) for job_id, slot, func, args in items]
+    results: list[tuple[int, Any]] = []
+    started = time.monotonic()
+    for job_id, slot, func, args in items:
+        results.append(run_job(job_id, slot, func, args))
+        if budget and time.monotonic() - started >= budget:
+            break
+    return results

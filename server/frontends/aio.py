@@ -37,7 +37,8 @@ from server.errors import StartupError
 from server.frontends import tls
 from server.frontends.lifecycle import ServerBase, SignalPolicy
 from server.limits.constants import EXPIRE_SWEEP_INTERVAL, LISTEN_BACKLOG, READ_CHUNK_SIZE, WRITE_BUFFER_HIGH_WATER
-from server.limits.resources import RateLimitedLog, clients_cron_interval, descriptors_exhausted, return_freed_memory
+from server.limits.resources import RateLimitedLog, clients_cron_interval, descriptors_exhausted
+from server.preflight import bind_error_message
 from server.protocol import encode_reply
 from server.store.state import format_address
 
@@ -158,16 +159,20 @@ class AsyncServer(ServerBase):
         self.start_cpu(pool, submit=loop.run_in_executor, call_soon=loop.call_soon_threadsafe, defer=loop.call_soon)
         self.jobs = LoopJobs(loop, self.cpu_jobs)
         config = self.config
-        self._server = await asyncio.start_server(
-            self._hand_over,
-            config.host,
-            config.port,
-            limit=READ_CHUNK_SIZE,
-            reuse_address=True,
-            reuse_port=config.reuseport > 0,  # a --reuseport child: N listeners share the port
-            backlog=LISTEN_BACKLOG,
-            **tls.start_server_arguments(self.ssl_context),
-        )
+        try:
+            self._server = await asyncio.start_server(
+                self._hand_over,
+                config.host,
+                config.port,
+                limit=READ_CHUNK_SIZE,
+                reuse_address=True,
+                reuse_port=config.reuseport > 0,  # a --reuseport child: N listeners share the port
+                backlog=LISTEN_BACKLOG,
+                **tls.start_server_arguments(self.ssl_context),
+            )
+        except OSError as exc:  # taken since the preflight check, or a host that cannot be bound
+            await asyncio.to_thread(self.stop_services)
+            raise StartupError(bind_error_message("--port", config.host, config.port, exc)) from None
         sockets = self._server.sockets or ()
         self._listen_dups = [socket.socket(fileno=os.dup(sock.fileno())) for sock in sockets]
         self._tasks = [
@@ -211,9 +216,6 @@ class AsyncServer(ServerBase):
 
     def _clients_cron(self) -> None:
         """Close clients past a deadline; say so when descriptors ran out (uvloop drops new connections silently)."""
-        if self.state.trim_wanted:
-            self.state.trim_wanted = False
-            return_freed_memory()
         self._check_listeners()
         now = time.monotonic()
         for connection in list(self.connections):

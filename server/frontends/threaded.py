@@ -35,7 +35,8 @@ from server.frontends.blocking import SocketTransport, ThreadConnection
 from server.frontends.lifecycle import ServerBase, SignalPolicy
 from server.frontends.pushes import PushDrainer
 from server.limits.constants import ACCEPT_RETRY_DELAY, EXPIRE_SWEEP_INTERVAL, LISTEN_BACKLOG
-from server.limits.resources import ACCEPT_RESOURCE_ERRNOS, RateLimitedLog, clients_cron_interval, return_freed_memory
+from server.limits.resources import ACCEPT_RESOURCE_ERRNOS, RateLimitedLog, clients_cron_interval
+from server.preflight import bind_error_message
 from server.store.state import format_address
 
 log = structlog.get_logger("crossdock.threaded")
@@ -115,7 +116,11 @@ class ThreadedServer(ServerBase):
         self.start_cpu(self.new_pool(), submit=threaded_submit, call_soon=call_directly)
         self._drainer = PushDrainer()
         config = self.config
-        self._tcp = _TCPServer((config.host, config.port), self)
+        try:
+            self._tcp = _TCPServer((config.host, config.port), self)
+        except OSError as exc:  # taken since the preflight check, or a host that cannot be bound
+            self.stop_services()
+            raise StartupError(bind_error_message("--port", config.host, config.port, exc)) from None
         threading.Thread(
             target=self._tcp.serve_forever, kwargs={"poll_interval": 0.2}, name="accept", daemon=True
         ).start()
@@ -198,9 +203,6 @@ class ThreadedServer(ServerBase):
 
     def _clients_cron(self) -> None:
         """Close the clients that overran a deadline (idle, request, write): their socket is shut down."""
-        if self.state.trim_wanted:
-            self.state.trim_wanted = False
-            return_freed_memory()
         now = time.monotonic()
         with self._connections_lock:
             for core in self._connections.values():

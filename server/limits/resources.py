@@ -18,7 +18,6 @@ own way (a transport abort on the loop, a socket shutdown under threads).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import resource
@@ -239,17 +238,3 @@ class RateLimitedLog:
         suppressed, self._suppressed = self._suppressed, 0
         log.warning(self.event, suppressed=suppressed, **fields)
         return True
-
-
-def return_freed_memory() -> bool:
-    """Give the heap glibc keeps after big frees back to the system (``malloc_trim(0)``); False where unavailable.
-
-    Called by the clients cron after a client with a big output buffer was cut or left, and after FLUSHDB:
-    without it, RSS stays at its peak after the memory is freed.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        return False
-    return True

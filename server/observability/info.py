@@ -9,13 +9,13 @@ below, each once. Unknown names print nothing, as in Redis.
 
 from __future__ import annotations
 
-import os
 import platform
 import resource
 import sys
 from collections.abc import Callable
 
 from server import REDIS_COMPAT_VERSION, __version__
+from server.memory import human_bytes, memory_available, rss_bytes
 from server.observability.instance import info_fields
 from server.protocol import CORE
 from server.store.commandstats import LATENCY_PERCENTILES
@@ -28,14 +28,6 @@ DEFAULT_SECTIONS = ("server", "clients", "memory", "stats", "cpu", "crossdock", 
 
 #: Section headers that are not the capitalised name (Redis prints ``# CPU``).
 _HEADERS = {"cpu": "CPU"}
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _server(state: ServerState) -> dict[str, object]:
@@ -67,13 +59,44 @@ def _clients(state: ServerState) -> dict[str, object]:
     }
 
 
-def _memory(state: ServerState) -> dict[str, object]:
-    rss = _rss_bytes()
+def memory_figures(state: ServerState) -> dict[str, int | float]:
+    """used_memory (data + client output buffers), RSS, maxmemory and their ratio: INFO memory and Prometheus."""
+    memory = state.memory
+    used = memory.used_memory()
+    rss = rss_bytes()
     return {
+        "used_memory": used,
         "used_memory_rss": rss,
-        "used_memory_rss_human": f"{rss / 1024 / 1024:.2f}M",
+        "used_memory_dataset": memory.dataset.used_bytes,
+        "used_memory_clients": memory.client_output_bytes,
+        "maxmemory": memory.maxmemory,
+        # Redis's definition, RSS / used; with used_memory counting data only (server.memory), a nearly empty
+        # server shows the interpreter's fixed cost as a large ratio, as Redis does with its own start-up cost.
+        "mem_fragmentation_ratio": rss / used if used else 0.0,
+    }
+
+
+def _memory(state: ServerState) -> dict[str, object]:
+    figures = memory_figures(state)
+    used, rss, maxmemory = figures["used_memory"], figures["used_memory_rss"], figures["maxmemory"]
+    return {
+        "used_memory": used,
+        "used_memory_human": human_bytes(int(used)),
+        "used_memory_rss": rss,
+        "used_memory_rss_human": human_bytes(int(rss)),
+        "used_memory_startup": state.startup_rss,
+        "used_memory_dataset": figures["used_memory_dataset"],
+        "used_memory_clients": figures["used_memory_clients"],
+        "total_system_memory": memory_available(),
+        "maxmemory": maxmemory,
+        "maxmemory_human": human_bytes(int(maxmemory)),
+        "maxmemory_policy": state.memory.policy,
+        "maxmemory_samples": state.config.maxmemory_samples,
+        "mem_fragmentation_ratio": f"{figures['mem_fragmentation_ratio']:.2f}",
+        "mem_allocator": "libc",
+        "heap_trims": state.memory.trims,
         # Redis's name for the output buffers of normal clients: what --output-budget bounds.
-        "mem_clients_normal": state.output_bytes,
+        "mem_clients_normal": figures["used_memory_clients"],
     }
 
 
@@ -98,6 +121,7 @@ def _stats(state: ServerState) -> dict[str, object]:
         "pubsub_output_buffer_limit_disconnections": stats.pubsub_output_buffer_limit_disconnections,
         "accept_resource_errors": stats.accept_resource_errors,
         "expired_keys": state.keyspace.expired_keys,
+        "evicted_keys": state.keyspace.evicted_keys,
         "total_error_replies": stats.total_error_replies,
         "total_cpu_commands": stats.total_cpu_commands,
         "slow_commands": stats.slow_commands,
@@ -297,7 +321,9 @@ def config_parameters(state: ServerState) -> dict[str, str]:
         "client-output-buffer-limit": f"normal {config.output_buffer_limit} 0 0",
         "crossdock-request-timeout": _seconds(config.request_timeout),
         "crossdock-write-timeout": _seconds(config.write_timeout),
-        "maxmemory": "0",
+        "maxmemory": str(state.memory.maxmemory),
+        "maxmemory-policy": state.memory.policy,
+        "maxmemory-samples": str(config.maxmemory_samples),
         "proto-max-bulk-len": str(config.max_bulk_length),
         "slowlog-log-slower-than": str(int(config.slowlog_threshold_ms * 1000)),
         "slowlog-max-len": str(SLOWLOG_MAX_LEN),

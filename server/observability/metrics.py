@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from server import __version__
-from server.observability.info import pool_figures
+from server.observability.info import memory_figures, pool_figures
 from server.store.commandstats import bucket_cutoffs
 
 if TYPE_CHECKING:
@@ -103,6 +103,7 @@ class CrossdockCollector(Collector):
         )
         yield GaugeMetricFamily("crossdock_keys", "Keys in the keyspace.", value=state.keyspace.size())
         yield from self._pubsub()
+        yield from self._memory()
         yield from self._requests()
         yield from self._pool()
 
@@ -164,6 +165,27 @@ class CrossdockCollector(Collector):
             duration.add_metric([kind], points, sum_value=ns / 1e9)
         yield requests
         yield duration
+
+    def _memory(self) -> Iterator[Metric]:
+        """INFO memory's figures and evicted_keys (used_memory counts data and client output buffers)."""
+        figures = memory_figures(self.state)
+        yield GaugeMetricFamily(
+            "crossdock_used_memory_bytes", "Bytes held for clients: the keyspace and client output buffers.",
+            value=figures["used_memory"],
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "crossdock_used_memory_rss_bytes", "Resident set size of the server process.",
+            value=figures["used_memory_rss"],
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "crossdock_maxmemory_bytes", "The maxmemory bound (0 = none).", value=figures["maxmemory"]
+        )
+        yield GaugeMetricFamily(
+            "crossdock_mem_fragmentation_ratio", "RSS / used_memory.", value=figures["mem_fragmentation_ratio"]
+        )
+        yield CounterMetricFamily(
+            "crossdock_evicted_keys", "Keys evicted by the maxmemory-policy.", value=self.state.keyspace.evicted_keys
+        )
 
     def _pool(self) -> Iterator[Metric]:
         figures = pool_figures(self.state)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from server.memory import MemoryAccount, resolve_maxmemory, rss_bytes
 from server.store.commandstats import CommandStatsTable
 from server.store.keyspace import Keyspace, LockedKeyspace
 from server.store.pubsub import PubSubHub
@@ -105,6 +106,11 @@ class ServerState:
     def __init__(self, config: Config, *, thread_safe: bool) -> None:
         self.config = config
         self.keyspace = LockedKeyspace() if thread_safe else Keyspace()
+        self.keyspace.set_eviction(config.maxmemory_policy, config.maxmemory_samples)
+        #: used_memory against maxmemory: the keyspace's bytes plus client output buffers (server.memory).
+        self.memory = MemoryAccount(self.keyspace, resolve_maxmemory(config.maxmemory), config.maxmemory_policy)
+        #: RSS when the server state was made: the interpreter's fixed cost (INFO ``used_memory_startup``).
+        self.startup_rss = rss_bytes()
         self.stats = Stats()
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
@@ -113,10 +119,6 @@ class ServerState:
         self._clients_lock = threading.Lock()
         #: Filled in by the front end once it is bound (port 0 picks one).
         self.bound_port: int = config.port
-        #: Unsent reply bytes of all clients as their connection cores last counted them (the --output-budget).
-        self.output_bytes = 0
-        #: Set when a client holding a big output buffer was cut: the clients cron returns freed heap to the system.
-        self.trim_wanted = False
         self.pool_size: int = 0
         #: The cpu pool, when there is one (INFO reports its restarts): a server.cpu backend. Typed loosely so the
         #: store does not import the cpu package above it (the layers run one way: cpu -> store).

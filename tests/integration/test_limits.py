@@ -53,13 +53,15 @@ def client_ids(conn: RespSocket) -> set[str]:
     return {line.split()[0] for line in listing.decode().splitlines() if line}
 
 
-def wait_until(predicate: Callable[[], bool], bound: float = CLOSE_BOUND, step: float = 0.1) -> bool:
+def wait_until(predicate: Callable[[], bool], what: str, bound: float = CLOSE_BOUND, step: float = 0.1) -> None:
+    """Poll ``predicate`` until it holds; fail the test with ``what`` when it has not within ``bound`` seconds."""
     deadline = time.monotonic() + bound
     while time.monotonic() < deadline:
         if predicate():
-            return True
+            return
         time.sleep(step)
-    return predicate()
+    if not predicate():
+        raise AssertionError(f"not within {bound} s: {what}")
 
 
 def raw_connect(server: ServerProcess, rcvbuf: int = 0) -> socket.socket:
@@ -98,7 +100,7 @@ def test_maxclients_overflow_is_refused_with_redis_error_and_the_server_goes_on(
             except ConnectionError:
                 return False
 
-    assert wait_until(admitted), "a slot freed by a closed client was never reused"
+    wait_until(admitted, "a slot freed by a closed client was never reused")
     for conn in held:
         conn.close()
 
@@ -243,7 +245,7 @@ def test_non_reading_client_is_cut_off_at_the_output_buffer_limit_and_its_memory
         ids_before = client_ids(control)
         greedy = raw_connect(server, rcvbuf=4096)
         greedy.sendall(b"GET big\r\n" * 3000)  # 3 GiB of replies if the server kept them all
-        assert wait_until(lambda: _closes(control) > 0), "the non-reading client was never disconnected"
+        wait_until(lambda: _closes(control) > 0, "the non-reading client was never disconnected")
         stats = info(control, "everything")
         assert stats["client_output_buffer_limit_disconnections"] == "1"
         assert stats["client_write_timeout_disconnections"] == "0"
@@ -262,7 +264,7 @@ def test_replies_that_do_not_drain_within_the_write_timeout_close_the_client(sta
         ids_before = client_ids(control)
         stuck = raw_connect(server, rcvbuf=4096)
         stuck.sendall(b"GET big\r\n" * 12)  # 12 MiB: more than the kernel buffers, less than the 32 MiB cap
-        assert wait_until(lambda: _closes(control) > 0), "the stuck client was never disconnected"
+        wait_until(lambda: _closes(control) > 0, "the stuck client was never disconnected")
         assert client_ids(control) == ids_before
         stats = info(control, "stats")
         assert stats["client_write_timeout_disconnections"] == "1"
@@ -297,7 +299,7 @@ def test_replies_held_behind_a_slow_request_count_toward_the_output_cap(start: S
         greedy = raw_connect(server, rcvbuf=4096)
         greedy.sendall(b"SLEEP 60000\r\n" + b"GET big\r\n" * 200)
         # The SLEEP runs for a minute: a close inside the bound means the held replies were counted.
-        assert wait_until(lambda: _closes(control) > 0), "the client was not disconnected while its SLEEP ran"
+        wait_until(lambda: _closes(control) > 0, "the client was not disconnected while its SLEEP ran")
         assert info(control, "stats")["client_output_buffer_limit_disconnections"] == "1"
         assert control.call("PING") == SimpleString("PONG")
         greedy.close()
@@ -332,5 +334,5 @@ def test_non_reading_tls_client_is_cut_off_too(start: StartServer, tmp_path: Pat
                 b"client_output_buffer_limit_disconnections:1" in text
             )
 
-        assert wait_until(closed_for_output), "the non-reading TLS client was never disconnected"
+        wait_until(closed_for_output, "the non-reading TLS client was never disconnected")
         greedy.close()
