@@ -43,6 +43,11 @@ lint: install
 	$(BIN)/python tools/check_import_cycles.py
 	$(BIN)/hadolint Dockerfile
 
+# Every figure of docs/benchmarks.md measured again on this code (long: about 35 min; not part of CI).
+# BENCH_ARGS="--steps crossover,targets" for some blocks, "--quick --reports DIR" for a smoke test.
+bench: install
+	$(BIN)/python bench/make_bench.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	rm -f server/protocol/*.so server/protocol/*.c

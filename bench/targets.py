@@ -18,7 +18,11 @@ scaling         PRIMES throughput, async+pool vs async+inline, two clients   >= 
                 per worker                                                   have a free core
 responsiveness  PING probe p99 while PRIMES saturate the pool,               <= 2 ms and <= 0.2x
                 async+pool vs threaded+inline                                threaded+inline's p99
-overhead        PRIMES 10 through the pool vs inline, 1 and 50 connections   stated in microseconds
+overhead        PRIMES 10 through the pool vs inline, 1 and 50 connections   1: stated in microseconds;
+                                                                             50: >= 0.5x inline (issue 12)
+roundtrip       PRIMES 10 through the pool at 1 connection (median round     <= 1.1x the bare executor's
+                trip) vs a bare ProcessPoolExecutor submit+result and a raw  (issue 12); the pipe's is
+                multiprocessing pipe round trip (bench/stdlib_roundtrip.py)  stated
 startup         ``crossdock serve --port 0`` spawned until the first PING    < 1 s
                 is answered (pool pre-warmed), vs redis-server
 ==============  ===========================================================  ==========================
@@ -62,12 +66,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import resource
-import shutil
 import socket
 import statistics
 import subprocess
@@ -78,6 +79,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from loadtest import machine
 from loadtest.compare import plan_pinning
 from loadtest.config import FD_MARGIN, LoadConfig, ensure_open_files
 from loadtest.redisbench import label_of, run_redis_benchmark
@@ -106,6 +108,7 @@ ROWS: Final = (
     "scaling",
     "responsiveness",
     "overhead",
+    "roundtrip",
     "startup",
 )
 
@@ -118,6 +121,11 @@ MAX_RUNS: Final = 15
 #: Clients per pool worker in the scaling row: two keep a request queued behind every running
 #: one, so no worker idles for a round trip between requests ("enough clients to fill the pool").
 SCALING_CLIENTS_PER_WORKER: Final = 2
+
+#: Issue 12's target for PRIMES 10 through the pool where requests can be batched (50 connections):
+#: at least half the inline throughput. With one connection nothing can be batched: stated only.
+OVERHEAD_BATCH_RATIO: Final = 0.5
+OVERHEAD_BATCHABLE_CONNECTIONS: Final = 50
 
 #: Share of the ideal speed-up the scaling row asks for (the issue's 0.9 x workers).
 SCALING_EFFICIENCY: Final = 0.9
@@ -168,6 +176,8 @@ class Scale:
     overhead_seconds: float
     #: Connection counts of the pool-overhead row (the brief's 1 and 50).
     overhead_connections: tuple[int, ...]
+    #: Calls timed per run of each stdlib round trip in the round-trip row (bench/stdlib_roundtrip.py).
+    roundtrip_calls: int
 
 
 FULL: Final = Scale(
@@ -185,6 +195,7 @@ FULL: Final = Scale(
     responsiveness_connections=8,
     overhead_seconds=3.0,
     overhead_connections=(1, 50),
+    roundtrip_calls=2000,
 )
 
 #: Tiny counts: every code path runs in a few seconds per row. Not the issue's settings.
@@ -203,6 +214,7 @@ QUICK: Final = Scale(
     responsiveness_connections=4,
     overhead_seconds=0.5,
     overhead_connections=(1, 50),
+    roundtrip_calls=200,
 )
 
 
@@ -646,7 +658,13 @@ def overhead_row(ctx: Context) -> Row:
             unit="/s",
             crossdock_side="async+pool",
             baseline_side="async+inline",
-            target=Target("the per-request round trip stated in microseconds, and cut where it can"),
+            target=(
+                Target(
+                    f">= {OVERHEAD_BATCH_RATIO:g}x inline throughput (issue 12)", ratio_at_least=OVERHEAD_BATCH_RATIO
+                )
+                if count >= OVERHEAD_BATCHABLE_CONNECTIONS
+                else Target("the per-request round trip stated in microseconds, and cut where it can")
+            ),
             note="ratio = throughput through the pool / inline; mean latency = closed-loop mean latency through "
             "the pool minus inline (with 1 connection the per-request round trip; with 50 it includes queueing "
             "behind the other connections); server time per request = 1/throughput through the pool minus inline",
@@ -668,6 +686,126 @@ def overhead_row(ctx: Context) -> Row:
     ours, theirs = _crossdock(ctx, "async", "pool"), _crossdock(ctx, "async", "inline")
     ours.measure = theirs.measure = measure
     return Row("overhead", figures, (ours, theirs))
+
+
+def roundtrip_row(ctx: Context) -> Row:
+    """Issue 12's 1-connection round trip: PRIMES 10 through crossdock's pool beside the stdlib's floor.
+
+    crossdock's side keeps two servers, async+pool and async+inline, and measures both every run
+    (1 connection, closed loop): the round trip through the pool, and the pool's hop (through the
+    pool minus inline, the same run), which is what crossdock adds around its executor without the
+    TCP and RESP round trip that the stdlib side does not have. The stdlib side is
+    bench/stdlib_roundtrip.py in a fresh process pinned to the server's CPUs (its pool worker and
+    pipe child inherit them), so caller and worker share a core as crossdock's front end and pool
+    worker do. Every figure is a median round trip of one run; the table gives the median of runs.
+    """
+    seconds, calls = ctx.scale.overhead_seconds, ctx.scale.roundtrip_calls
+    command = loadtest_text("primes", 1, seconds, 10)
+    stdlib = f"bench/stdlib_roundtrip.py --calls {calls} --json"
+    setting = (
+        "crossdock: closed loop, 1 connection, generator on the generator CPUs, server and its one worker on the "
+        f"server CPUs; stdlib: `{stdlib}` pinned to the server CPUs, {calls} calls timed one by one after a "
+        "warm-up, forkserver as crossdock's pool; mean latency = difference of the mean round trips"
+    )
+    executor = "bare ProcessPoolExecutor submit+result"
+    figures = [
+        Figure(
+            key="roundtrip.executor",
+            row="roundtrip",
+            title="1-connection round trip (PRIMES 10 through the pool, end to end)",
+            command=command,
+            unit="us",
+            crossdock_side="async+pool",
+            baseline_side=executor,
+            target=Target("crossdock adds at most 10 % to the bare executor's round trip", ratio_at_most=1.1),
+            note=f"median round trip per run, client to client over TCP; {setting}",
+        ),
+        Figure(
+            key="roundtrip.hop",
+            row="roundtrip",
+            title="1-connection pool hop (PRIMES 10 through the pool minus inline, same run)",
+            command=command,
+            unit="us",
+            crossdock_side="async+pool minus async+inline",
+            baseline_side=executor,
+            target=Target("crossdock adds at most 10 % to the bare executor's round trip", ratio_at_most=1.1),
+            note="per run: median round trip through the pool minus the median inline round trip, measured "
+            "back to back, so the TCP and RESP round trip (which the bare executor does not have) cancels",
+        ),
+        Figure(
+            key="roundtrip.pipe",
+            row="roundtrip",
+            title="1-connection round trip against a raw pipe",
+            command=command,
+            unit="us",
+            crossdock_side="async+pool",
+            baseline_side="raw multiprocessing pipe send+recv",
+            target=Target("stated: the floor of any process hop"),
+            note="the same crossdock runs as the first row; the pipe child answers count_primes(10)",
+        ),
+    ]
+    inline_port: list[int] = []
+
+    @contextlib.contextmanager
+    def start_both() -> Iterator[RunningServer]:
+        with (
+            start_crossdock("async", "pool", ctx.workers, ctx.server_cpus) as pool,
+            start_crossdock("async", "inline", ctx.workers, ctx.server_cpus) as inline,
+        ):
+            inline_port[:] = [inline.port]
+            yield pool
+
+    def ours(server: RunningServer | None) -> list[Sample]:
+        assert server is not None
+        report, problems = loadtest(ctx, server.port, "primes", 1, seconds, 10)
+        inline, inline_problems = loadtest(ctx, inline_port[0], "primes", 1, seconds, 10)
+        pool_median, pool_mean = report["latency_ms"]["p50"] * 1000.0, report["latency_ms"]["mean"] * 1000.0
+        inline_median, inline_mean = inline["latency_ms"]["p50"] * 1000.0, inline["latency_ms"]["mean"] * 1000.0
+        both = {"pool": report, "inline": inline}
+        trouble = [*problems, *(f"inline: {p}" for p in inline_problems)]
+        return [
+            Sample("roundtrip.executor", pool_median, report, list(problems), {"mean_latency_us": pool_mean}),
+            Sample(
+                "roundtrip.hop",
+                pool_median - inline_median,
+                both,
+                trouble,
+                {"mean_latency_us": pool_mean - inline_mean, "inline_median_us": inline_median},
+            ),
+            Sample("roundtrip.pipe", pool_median, report, list(problems), {"mean_latency_us": pool_mean}),
+        ]
+
+    def theirs(_: RunningServer | None) -> list[Sample]:
+        argv = [sys.executable, str(ROOT / "bench" / "stdlib_roundtrip.py"), "--calls", str(calls), "--json"]
+        try:
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=START_TIMEOUT + calls,  # generous: a call is well under a millisecond
+                preexec_fn=(lambda: pin_to(ctx.server_cpus)) if ctx.server_cpus else None,
+            )
+            result = json.loads(done.stdout)
+        except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
+            return [Sample(f.key, None, {}, [f"{stdlib}: {exc}"]) for f in figures]
+        executor_median, executor_mean = result["executor"]["median_us"], result["executor"]["mean_us"]
+        return [
+            Sample("roundtrip.executor", executor_median, result, [], {"mean_latency_us": executor_mean}),
+            Sample("roundtrip.hop", executor_median, result, [], {"mean_latency_us": executor_mean}),
+            Sample(
+                "roundtrip.pipe",
+                result["pipe"]["median_us"],
+                result,
+                [],
+                {"mean_latency_us": result["pipe"]["mean_us"]},
+            ),
+        ]
+
+    sides = (
+        Side("async+pool and async+inline", start_both, ours),
+        Side("stdlib, pinned like the server", contextlib.nullcontext, theirs, fresh=True),
+    )
+    return Row("roundtrip", figures, sides)
 
 
 # -- start-up --------------------------------------------------------------------------------------
@@ -801,6 +939,8 @@ def build_row(ctx: Context, name: str) -> Row:
         return responsiveness_row(ctx)
     if name == "overhead":
         return overhead_row(ctx)
+    if name == "roundtrip":
+        return roundtrip_row(ctx)
     if name == "startup":
         return startup_row(ctx)
     raise ValueError(f"unknown row {name!r}")
@@ -862,59 +1002,7 @@ def run_row(ctx: Context, row: Row) -> None:
 # -- the machine -----------------------------------------------------------------------------------
 
 
-def _first_line(command: list[str]) -> str:
-    if shutil.which(command[0]) is None:
-        return "not installed"
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unknown ({exc})"
-    return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr).strip() else "?"
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def describe_machine() -> dict[str, Any]:
-    """CPU model, cores, kernel, memory, Python, uvloop, redis and crossdock versions, load average."""
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    memory = "unknown"
-    with contextlib.suppress(OSError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    commit = "unknown"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = (
-            subprocess.run(
-                ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-            or "unknown"
-        )
-    redis = _first_line(["redis-server", "--version"])
-    return {
-        "cpu_model": model,
-        "cpus": os.cpu_count(),
-        "usable_cpus": sorted(os.sched_getaffinity(0)),
-        "kernel": platform.release(),
-        "platform": platform.platform(),
-        "memory": memory,
-        "python": platform.python_version(),
-        "uvloop": _version("uvloop"),
-        "redis_server": redis.split(" sha=")[0],
-        "redis_benchmark": _first_line(["redis-benchmark", "--version"]),
-        "crossdock": f"{_version('crossdock')} (commit {commit})",
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
+describe_machine = machine.describe_machine
 
 
 # -- output ----------------------------------------------------------------------------------------
@@ -931,6 +1019,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:,.0f} B"
     if unit == "s":
         return f"{value:.3f} s"
+    if unit == "us":
+        return f"{value:,.1f} us"
     return f"{value:g} {unit}"
 
 

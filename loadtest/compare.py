@@ -35,6 +35,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+from loadtest import crossover
 from loadtest.config import DEFAULT_PROBE_RATE, MAX_DURATION, LoadConfig, parse_cpus
 from loadtest.runner import run_loadtest
 from loadtest.scenarios import CPU_COMMANDS, parse_scenario
@@ -60,12 +61,19 @@ REDIS_COMMANDS: Final = ("ping", "echo", "set", "get")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``crossdock compare`` flags."""
     parser.description = __doc__.split("\n\n")[0] if __doc__ else None
-    parser.add_argument("-s", "--scenario", default="ping", help="scenario, as for crossdock loadtest")
     parser.add_argument(
-        "-c", "--connections", default=DEFAULT_CONNECTIONS,
-        help=f"comma-separated connection counts (default {DEFAULT_CONNECTIONS})",
+        "-s", "--scenario", default="ping",
+        help="scenario, as for crossdock loadtest, or crossover[:primes|:pbkdf2] (the work-size sweep)",
     )  # fmt: skip
-    parser.add_argument("-d", "--duration", type=float, default=DEFAULT_DURATION, help="seconds per point")
+    parser.add_argument(
+        "-c", "--connections", default=None,
+        help=f"comma-separated connection counts (default {DEFAULT_CONNECTIONS}; crossover: one count, "
+        "default 2 per server CPU)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-d", "--duration", type=float, default=None,
+        help=f"seconds per point (default {DEFAULT_DURATION:g}; crossover: per step, default 2)",
+    )  # fmt: skip
     parser.add_argument(
         "--modes", default="all",
         help="comma-separated modes (" + ", ".join(name for name, _, _ in MODES) + ") or all",
@@ -86,6 +94,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator-cpus", default=None, help="CPUs for the generator (default: the rest)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin anything")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    sweep = parser.add_argument_group("crossover (--scenario crossover)")
+    sweep.add_argument("--sweep", default=None, help="comma-separated microseconds of work per step")
+    sweep.add_argument("--executor", default=None, help="also sweep async+dask with this dask://HOST:PORT executor")
+    sweep.add_argument("--quick", action="store_true", help="a short sweep: a smoke test of the harness")
 
 
 def plan_pinning(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[int, ...], str]:
@@ -287,6 +299,12 @@ def plot(rows: list[dict[str, Any]], kind: str, out: Path, title: str) -> list[s
 
 def run(args: argparse.Namespace) -> int:
     """Run every (target, connections) point and write the report files."""
+    if args.scenario.strip().lower().partition(":")[0] == "crossover":
+        return crossover.run(args)
+    if args.connections is None:
+        args.connections = DEFAULT_CONNECTIONS
+    if args.duration is None:
+        args.duration = DEFAULT_DURATION
     try:
         scenario = parse_scenario(args.scenario, size=args.size, work=args.work)
         counts = [int(part) for part in args.connections.split(",") if part.strip()]

@@ -137,3 +137,28 @@ def test_redis_benchmark_against_a_closed_port_fails_within_its_time_limit() -> 
     run = redisbench.run_redis_benchmark(free_port(), ["ping_mbulk"], 1, 10, timeout=2.0)
     assert not run.ok
     assert any("Could not connect" in p or "did not finish" in p for p in run.problems)
+
+
+def test_roundtrip_row_states_crossdock_beside_the_bare_executor_and_the_pipe(tmp_path: Path) -> None:
+    out = tmp_path / "targets.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--runs", "1", "--rows", "roundtrip", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = {figure["key"]: figure for figure in json.loads(out.read_text())["figures"]}
+    assert list(figures) == ["roundtrip.executor", "roundtrip.hop", "roundtrip.pipe"]
+    for figure in figures.values():
+        assert figure["problems"] == [] and figure["unit"] == "us"
+        assert figure["crossdock"]["median"] > 0 and figure["baseline"]["median"] > 0
+    stdlib = next(run for run in figures["roundtrip.executor"]["runs"] if run["side"] == "baseline")["raw"]
+    assert stdlib["function"] == "count_primes(10)" and stdlib["start_method"] == "forkserver"
+    assert stdlib["executor"]["calls"] == stdlib["pipe"]["calls"] > 0
+    hop = next(run for run in figures["roundtrip.hop"]["runs"] if run["side"] == "crossdock")
+    pool = hop["raw"]["pool"]["latency_ms"]["p50"] * 1000.0
+    inline = hop["raw"]["inline"]["latency_ms"]["p50"] * 1000.0
+    assert hop["value"] == pytest.approx(pool - inline)  # the hop is the same run's difference
+    assert figures["roundtrip.executor"]["target"]["ratio_at_most"] == pytest.approx(1.1)

@@ -330,6 +330,29 @@ def test_safety_checks() -> None:
     assert parse_cpus("0,2-3") == (0, 2, 3)
 
 
+def test_compare_crossover_quick_writes_the_sweep_and_its_crossover_points(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "server", "compare", "--scenario", "crossover", "--quick", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads((tmp_path / "compare.json").read_text())
+    assert document["scenario"] == "crossover" and document["quick"] is True
+    assert document["targets"] == ["async+pool", "async+inline", "threaded+inline", "threaded+pool"]
+    assert document["machine"]["commit"] and document["date"]
+    for name in ("primes", "pbkdf2"):
+        steps = document["calibration"][name]
+        assert len(steps) == 2 and steps[0]["work"] < steps[1]["work"]
+        rows = [row for row in document["rows"] if row["command"] == name]
+        assert len(rows) == 2 * 4  # every size against every mode
+        assert all(row["ok"] and row["throughput_rps"] > 0 and row["probe_p99_ms"] > 0 for row in rows)
+        points = document["crossovers"][name]
+        assert points["work_us"] == sorted(points["work_us"])
+        assert {"pool_over_inline_throughput", "pool_over_inline_probe_p99", "fastest_at_us"} <= set(points)
+        assert (tmp_path / f"crossover_{name}.png").stat().st_size > 0
+    assert any(line.startswith("PRIMES: throughput:") for line in document["statements"])
+    text = (tmp_path / "compare.md").read_text()
+    assert "Crossover points:" in text and "smoke test" in text and "![crossover_pbkdf2.png]" in text
+
+
 def test_progress_line_without_a_rate_for_a_tiny_tail() -> None:
     from loadtest.display import progress_line
 
