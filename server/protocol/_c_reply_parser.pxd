@@ -14,6 +14,8 @@ cdef class ReplyParser:
     @cython.locals(pos=Py_ssize_t)
     cpdef feed(self, data)
 
+    cpdef next_reply(self)
+
     @cython.locals(
         buf=bytearray, n=Py_ssize_t, p=Py_ssize_t, scan=Py_ssize_t, nl=Py_ssize_t, stack=list,
         q=Py_ssize_t, stop=Py_ssize_t, c=Py_ssize_t, digits=Py_ssize_t, number=Py_ssize_t, kind=Py_ssize_t,

@@ -24,6 +24,11 @@ cdef class RequestParser:
     @cython.locals(buf=bytearray, pos=Py_ssize_t)
     cpdef feed(self, data)
 
+    cpdef next_request(self)
+    cpdef list parse_chunk(self, data)
+    cpdef list parse_all(self)
+    cdef _run(self, list out, Py_ssize_t limit)
+
     @cython.locals(
         buf=bytearray, n=Py_ssize_t, p=Py_ssize_t, scan=Py_ssize_t, window=Py_ssize_t,
         s=Py_ssize_t, nl=Py_ssize_t, done_before=Py_ssize_t, args=list,
