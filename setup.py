@@ -2,7 +2,9 @@
 
 Cython compiles ``server/protocol/request_parser.py`` and ``reply_parser.py``
 (the pure core, unchanged) into ``server.protocol._c_request_parser`` and
-``_c_reply_parser``; :mod:`server.protocol.cores` picks one core at import.
+``_c_reply_parser``, with C types for buffer positions from the "augmenting"
+declarations ``server/protocol/_c_*.pxd``; :mod:`server.protocol.cores`
+picks one core at import.
 The extensions are optional: without a C compiler, or with
 ``CROSSDOCK_NO_EXTENSIONS=1``, the install succeeds with the pure core only.
 """
@@ -33,9 +35,10 @@ def record_sources() -> None:
     digests = {
         name: hashlib.sha256(Path(f"server/protocol/{name}.py").read_bytes()).hexdigest() for name in CORE_MODULES
     }
+    lines = "".join(f'    "{name}": "{digest}",\n' for name, digest in digests.items())
     BUILD_RECORD.write_text(
         '"""Written by setup.py: the sha256 of each pure source the compiled core was built from."""\n\n'
-        f"SOURCE_SHA256 = {digests!r}\n"
+        f"SOURCE_SHA256 = {{\n{lines}}}\n"
     )
 
 
