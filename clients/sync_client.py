@@ -77,7 +77,7 @@ class Client:
     as ``str`` (UTF-8) instead of ``bytes``; status replies (``+OK``) are
     always ``str``. ``username``/``password`` send AUTH right after
     connecting. ``core`` picks the reply parser's core (``"pure"`` or
-    ``"cython"``; ``None``: the one :data:`server.protocol.CORE` names).
+    ``"mypyc"``; ``None``: the one :data:`server.protocol.CORE` names).
 
     Error handling: the constructor connects, and raises
     :class:`~clients.errors.ConnectFailedError` (refused, unreachable),

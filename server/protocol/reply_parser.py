@@ -22,7 +22,7 @@ cap: a client trusts its server; watch :attr:`ReplyParser.buffered` if not.
 One grammar over one buffer, like the request parser: hiredis, which once
 parsed long regions here behind a re-encoding proof, went with issue 11 (it
 cannot tell ``+OK`` from ``$2 OK``, so it could never be a backend of its
-own); the same source compiled with Cython replaces it
+own); the same source compiled with mypyc replaces it
 (:mod:`server.protocol.cores`; figures in ``docs/decisions.md``).
 
 Error handling: malformed input raises :class:`ProtocolError` (sticky: the
@@ -54,8 +54,9 @@ _CR: Final = 0x0D
 _LF: Final = 0x0A
 _ZERO: Final = 0x30
 _NINE: Final = 0x39
-#: Most digits the header fast path reads: 18 digits always fit a C 64-bit integer, so the
-#: compiled core computes the value in C; longer texts (and every oddity) take string2ll().
+#: Most digits the header fast path reads: 18 digits always fit a machine integer, so the
+#: compiled core computes the value without big-integer arithmetic; longer texts (and every oddity)
+#: take string2ll().
 _DIGITS_MAX: Final = 18
 
 
