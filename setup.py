@@ -42,9 +42,13 @@ def extensions() -> list[Extension]:
 
     record_sources()
     modules: list[Extension] = []
-    for name in CORE_MODULES:
-        # One module per group: no shared runtime library is written at the top of site-packages.
-        modules += mypycify([f"server/protocol/{name}.py"], opt_level="3")
+    try:
+        for name in CORE_MODULES:
+            # One module per group: no shared runtime library is written at the top of site-packages.
+            modules += mypycify([f"server/protocol/{name}.py"], opt_level="3")
+    except (Exception, SystemExit) as exc:  # mypyc exits on a type error: install the pure core, loudly
+        print(f"setup.py: mypyc could not compile the parser core ({exc!r}); installing the pure core only")
+        return []
     for module in modules:
         module.optional = True  # no C compiler: install the pure core rather than fail
     return modules
