@@ -3,7 +3,7 @@
 # Protected mode is off here, as in Redis's official image: clients arrive through Docker's port mapping from a
 # non-loopback address and would all be refused. Publish the port beyond localhost only with a password:
 #   docker run -e CROSSDOCK_REQUIREPASS=... -p 7379:7379 crossdock
-# Builder stage: gcc compiles the Cython parser core into a wheel; only the wheels reach the runtime image.
+# Builder stage: gcc compiles the parser core (mypyc) into a wheel; only the wheels reach the runtime image.
 FROM python:3.11-slim-bookworm AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \

@@ -6,10 +6,9 @@ endif
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The compiled parser core (setup.py): rebuilt whenever its pure-Python source or its type declarations change.
+# The compiled parser core (setup.py): rebuilt whenever its source changes.
 CORE_STAMP := $(VENV)/.core-built
-CORE_SOURCES := setup.py server/protocol/request_parser.py server/protocol/reply_parser.py \
-	$(wildcard server/protocol/_c_*.pxd)
+CORE_SOURCES := setup.py server/protocol/request_parser.py server/protocol/reply_parser.py
 
 .PHONY: install run test lint bench clean
 
@@ -50,4 +49,4 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
-	rm -f server/protocol/*.so server/protocol/*.c
+	rm -f server/protocol/*.so server/protocol/_core_build.py

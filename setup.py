@@ -1,9 +1,10 @@
 """Builds the optional compiled core; all other package metadata is in pyproject.toml.
 
-Cython compiles ``server/protocol/request_parser.py`` and ``reply_parser.py``
-(the pure core, unchanged) into ``server.protocol._c_request_parser`` and
-``_c_reply_parser``; :mod:`server.protocol.cores` picks one core at import.
-The extensions are optional: without a C compiler, or with
+mypyc compiles ``server/protocol/request_parser.py`` and ``reply_parser.py``
+(the pure core, unchanged: mypyc takes its C types from the annotations that
+``make lint`` already checks) in place, each as its own extension module;
+:mod:`server.protocol.cores` picks one core at import and can still load the
+pure source. The extensions are optional: without a C compiler, or with
 ``CROSSDOCK_NO_EXTENSIONS=1``, the install succeeds with the pure core only.
 """
 
@@ -18,14 +19,8 @@ from setuptools import Extension, setup
 #: The modules compiled, each from its own pure-Python source.
 CORE_MODULES = ("request_parser", "reply_parser")
 
-#: Cython directives: ``annotation_typing`` off so the compiled code accepts exactly what the
-#: pure code accepts (an annotation ``bytes`` would otherwise refuse a bytearray), and
-#: Python semantics everywhere else (no wraparound/bounds shortcuts), so both cores behave the same.
-DIRECTIVES = {"language_level": 3, "annotation_typing": False, "embedsignature": True}
-
-
 #: Written beside the sources at build time: which source text each compiled module was built from,
-#: so server.protocol.cores never runs a compiled core older than the pure source next to it.
+#: so server.protocol.cores never runs a compiled core built from other source than the one beside it.
 BUILD_RECORD = Path("server/protocol/_core_build.py")
 
 
@@ -33,23 +28,30 @@ def record_sources() -> None:
     digests = {
         name: hashlib.sha256(Path(f"server/protocol/{name}.py").read_bytes()).hexdigest() for name in CORE_MODULES
     }
+    lines = "".join(f'    "{name}": "{digest}",\n' for name, digest in digests.items())
     BUILD_RECORD.write_text(
         '"""Written by setup.py: the sha256 of each pure source the compiled core was built from."""\n\n'
-        f"SOURCE_SHA256 = {digests!r}\n"
+        f"SOURCE_SHA256 = {{\n{lines}}}\n"
     )
 
 
 def extensions() -> list[Extension]:
     if os.environ.get("CROSSDOCK_NO_EXTENSIONS"):
         return []
-    from Cython.Build import cythonize  # a build requirement (pyproject.toml)
+    from mypyc.build import mypycify  # a build requirement (pyproject.toml)
 
     record_sources()
-
-    modules = [
-        Extension(f"server.protocol._c_{name}", [f"server/protocol/{name}.py"], optional=True) for name in CORE_MODULES
-    ]
-    return cythonize(modules, compiler_directives=DIRECTIVES, quiet=True)
+    modules: list[Extension] = []
+    try:
+        for name in CORE_MODULES:
+            # One module per group: no shared runtime library is written at the top of site-packages.
+            modules += mypycify([f"server/protocol/{name}.py"], opt_level="3")
+    except (Exception, SystemExit) as exc:  # mypyc exits on a type error: install the pure core, loudly
+        print(f"setup.py: mypyc could not compile the parser core ({exc!r}); installing the pure core only")
+        return []
+    for module in modules:
+        module.optional = True  # no C compiler: install the pure core rather than fail
+    return modules
 
 
 setup(ext_modules=extensions())

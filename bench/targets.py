@@ -25,6 +25,10 @@ roundtrip       PRIMES 10 through the pool at 1 connection (median round     <= 
                 multiprocessing pipe round trip (bench/stdlib_roundtrip.py)  stated
 startup         ``crossdock serve --port 0`` spawned until the first PING    < 1 s
                 is answered (pool pre-warmed), vs redis-server
+pipelined-      redis-benchmark -t set,get -c 50 -P 16 (issue 14)            >= 0.5x
+keyspace
+keyspace-p5     redis-benchmark -t set,get -c 50 -P 5 (issue 14; pydis's     >= 0.65x
+                setting)
 ==============  ===========================================================  ==========================
 
 How: each row starts its two sides (crossdock in the row's mode, and the
@@ -110,6 +114,9 @@ ROWS: Final = (
     "overhead",
     "roundtrip",
     "startup",
+    # Issue 14's rows beyond issue 7's table.
+    "pipelined-keyspace",
+    "keyspace-p5",
 )
 
 #: The issue asks for medians of at least 5 runs.
@@ -925,6 +932,14 @@ def build_row(ctx: Context, name: str) -> Row:
     if name == "keyspace":
         target = Target(">= 0.75x Redis", ratio_at_least=0.75)
         return benchmark_row(ctx, name, "keyspace", ["set", "get"], 50, s.keyspace_requests, 1, target)
+    if name == "pipelined-keyspace":  # issue 14: -P 16 SET and GET
+        target = Target(">= 0.5x Redis", ratio_at_least=0.5)
+        requests = s.pipelined_requests // 2  # per test: ~2 s of crossdock each
+        return benchmark_row(ctx, name, "pipelined keyspace", ["set", "get"], 50, requests, 16, target)
+    if name == "keyspace-p5":  # issue 14: -P 5 SET and GET, where pydis published 0.58x / 0.59x
+        target = Target(">= 0.65x Redis", ratio_at_least=0.65)
+        requests = s.keyspace_requests * 2  # per test: ~2 s of crossdock each
+        return benchmark_row(ctx, name, "keyspace at -P 5", ["set", "get"], 50, requests, 5, target)
     if name == "connections":
         target = Target(">= 0.7x Redis, no errors", ratio_at_least=0.7)
         count = s.many_connections

@@ -65,7 +65,7 @@ def resolve_timeout(timeout: TimeoutArg, default: float | None) -> float | None:
 def make_parser(decode: bool, core: str | None) -> ReplyParser:
     """One reply parser per connection: it keeps the partial reply between reads.
 
-    ``core`` names the parser core (``"pure"`` or ``"cython"``; ``None``: the one this process runs).
+    ``core`` names the parser core (``"pure"`` or ``"mypyc"``; ``None``: the one this process runs).
     Error handling: a core not built here raises :class:`RuntimeError`.
     """
     if core is None:

@@ -111,7 +111,7 @@ class Client:
     as ``str`` (UTF-8) instead of ``bytes``; status replies (``+OK``) are
     always ``str``. ``username``/``password`` send AUTH right after
     connecting. ``core`` picks the reply parser's core (``"pure"`` or
-    ``"cython"``; ``None``: the one :data:`server.protocol.CORE` names).
+    ``"mypyc"``; ``None``: the one :data:`server.protocol.CORE` names).
     ``tls``: ``True`` or a
     :class:`~clients.tls.TlsOptions` (redis-cli's ``--tls --cacert --cert
     --key --sni --insecure``) to speak TLS; the handshake is part of the connect.

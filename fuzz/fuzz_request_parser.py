@@ -13,7 +13,7 @@ a crash and writes the input to ``crash-<sha1>``):
 * nothing but :class:`~server.protocol.ProtocolError` ever escapes;
 * whole, in the control byte's chunk sizes, and byte by byte (streams up to
   :data:`BYTEWISE_MAX`; longer ones in 5-byte pieces); on every parser core
-  (pure and Cython-compiled); drained with ``next_request()``, with ``parse_all()`` and
+  (pure and mypyc-compiled); drained with ``next_request()``, with ``parse_all()`` and
   with ``parse_chunk()`` (the servers' way): the same
   requests and the same error message after the same request;
 * whenever the parser asks for more bytes, ``buffered`` is at most one

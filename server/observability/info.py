@@ -40,7 +40,7 @@ def _server(state: ServerState) -> dict[str, object]:
         "arch_bits": 64 if sys.maxsize > 2**32 else 32,
         "multiplexing_api": "uvloop" if config.mode == "async" else "threads",
         "python_version": platform.python_version(),
-        "crossdock_core": CORE,  # the request/reply parser core: "cython" (compiled) or "pure"
+        "crossdock_core": CORE,  # the request/reply parser core: "mypyc" (compiled) or "pure"
         "process_id": state.process_id,
         "run_id": state.run_id,
         "tcp_port": state.bound_port,

@@ -40,7 +40,7 @@ from server.protocol.reply import (
     encode_reply,
 )
 
-#: Which parser core runs in this process: ``"cython"`` or ``"pure"`` (see :mod:`server.protocol.cores`).
+#: Which parser core runs in this process: ``"mypyc"`` or ``"pure"`` (see :mod:`server.protocol.cores`).
 CORE: str = cores.SELECTED.name
 if TYPE_CHECKING:  # both cores are the same source: type-check against the pure one
     from server.protocol.reply_parser import ReplyParser

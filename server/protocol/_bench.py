@@ -2,7 +2,9 @@
 
 Run ``python -m server.protocol._bench`` (add ``--quick`` for a smoke run).
 Each case prints the best of several runs in requests (or replies) per
-second. Pure computation only: no sockets, to measure the parsers alone.
+second of this thread's CPU time (``time.thread_time``), so time the process
+spends descheduled on a shared machine does not count. Pure computation
+only: no sockets, to measure the parsers alone.
 Run this file with another checkout first on ``PYTHONPATH`` to get that
 checkout's columns in the same run: a tree without :mod:`server.protocol.cores`
 (before issue 11) shows its hiredis and pure paths instead. Figures:
@@ -52,12 +54,12 @@ def _chunks(data: bytes, size: int = CHUNK) -> list[bytes]:
 
 
 def _best(fn: Callable[[], int], repeat: int) -> float:
-    """Best items-per-second over ``repeat`` runs of ``fn`` (which returns the item count)."""
+    """Best items per CPU-second over ``repeat`` runs of ``fn`` (which returns the item count)."""
     best = 0.0
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = time.thread_time()
         items = fn()
-        best = max(best, items / (time.perf_counter() - start))
+        best = max(best, items / (time.thread_time() - start))
     return best
 
 

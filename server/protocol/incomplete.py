@@ -1,6 +1,6 @@
 """The marker a reply parser returns while a reply is still incomplete.
 
-In its own module, outside the compiled core, so the pure and the Cython
+In its own module, outside the compiled core, so the pure and the mypyc-compiled
 reply parsers return the very same object and ``reply is NOT_ENOUGH_DATA``
 holds whichever core runs.
 """

@@ -264,3 +264,13 @@ def encode_command(*args: object) -> bytes:
             raise TypeError(f"cannot send {type(arg).__name__} as a command argument")
         out.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(out)
+
+
+class VerbatimBytes(bytes):
+    """A RESP3 verbatim string (``=N txt:...``) as bytes, its three-letter format dropped.
+
+    A subclass only so that a display can tell it from a bulk string (redis-cli
+    prints verbatim text as it is); everywhere else it is ``bytes``.
+    """
+
+    __slots__ = ()

@@ -39,7 +39,7 @@ There is no size cap: a client trusts its server; watch
 One grammar over one buffer, like the request parser: hiredis, which once
 parsed long regions here behind a re-encoding proof, went with issue 11 (it
 cannot tell ``+OK`` from ``$2 OK``, so it could never be a backend of its
-own); the same source compiled with Cython replaces it
+own); the same source compiled with mypyc replaces it
 (:mod:`server.protocol.cores`; figures in ``docs/decisions.md``).
 
 Error handling: malformed input raises :class:`ProtocolError` (sticky: the
@@ -54,7 +54,7 @@ from typing import Final
 from server.protocol._redis_text import string2ll
 from server.protocol.errors import ProtocolError
 from server.protocol.incomplete import NOT_ENOUGH_DATA
-from server.protocol.reply import ErrorReply, PushReply, SetReply, SimpleString, Verbatim
+from server.protocol.reply import ErrorReply, PushReply, SetReply, SimpleString, Verbatim, VerbatimBytes
 
 _CRLF: Final = b"\r\n"
 
@@ -71,8 +71,9 @@ _CR: Final = 0x0D
 _LF: Final = 0x0A
 _ZERO: Final = 0x30
 _NINE: Final = 0x39
-#: Most digits the header fast path reads: 18 digits always fit a C 64-bit integer, so the
-#: compiled core computes the value in C; longer texts (and every oddity) take string2ll().
+#: Most digits the header fast path reads: 18 digits always fit a machine integer, so the
+#: compiled core computes the value without big-integer arithmetic; longer texts (and every oddity)
+#: take string2ll().
 _DIGITS_MAX: Final = 18
 
 # RESP3's type bytes.
@@ -92,17 +93,6 @@ _AGGREGATES: Final = {_STAR: 1, _TILDE: 1, _GREATER: 1, _PERCENT: 2, _PIPE: 2}
 _BLOBS: Final = frozenset({_DOLLAR, _EQUALS, _BANG})
 #: Verbatim strings start with a three-letter format and a colon (``txt:``), dropped from the value.
 VERBATIM_PREFIX_LENGTH: Final = 4
-
-
-class VerbatimBytes(bytes):
-    """A RESP3 verbatim string (``=N txt:...``) as bytes, its three-letter format dropped.
-
-    A subclass only so that a display can tell it from a bulk string (redis-cli
-    prints verbatim text as it is); everywhere else it is ``bytes``.
-    """
-
-    __slots__ = ()
-
 
 class ReplyParser:
     """Feed it what the server sent, take replies out; see the module docstring."""

@@ -35,7 +35,7 @@ arrived one at a time (the line end must lie within :data:`MAX_INLINE_SIZE`
 
 One grammar over one buffer: every request, whatever its shape or chunking,
 goes through the same state machine over :attr:`RequestParser._buf`. The
-same source is also compiled with Cython where a C compiler was available
+same source is also compiled with mypyc where a C compiler was available
 (:mod:`server.protocol.cores` picks one core once, at import); both cores
 run the same protocol tests. Measurements and the decision that removed the
 hiredis and chunk-prefix fast paths: ``docs/decisions.md`` (issue 11 item 5).
@@ -81,17 +81,14 @@ _WINDOW: Final = MAX_INLINE_SIZE + 1
 # _scan value meaning "a NUL was seen: this line can never end" (see _line_end()).
 _BLOCKED: Final = sys.maxsize
 _NO_LIMIT: Final = sys.maxsize
-#: Highest length or count limit a parser applies (2**62: 4 EiB, which no buffer reaches, so it is
-#: as good as no limit). It keeps every accepted length plus a buffer position within a C ssize_t,
-#: which the compiled core uses for positions.
-LIMIT_CEILING: Final = 1 << 62
 _STAR: Final = 0x2A
 _DOLLAR: Final = 0x24
 _ZERO: Final = 0x30
 _NINE: Final = 0x39
 _CR_BYTE: Final = 0x0D
-#: Most digits the header fast path reads: 18 digits always fit a C 64-bit integer, so the
-#: compiled core computes the value in C; longer texts (and every oddity) take string2ll().
+#: Most digits the header fast path reads: 18 digits always fit a machine integer, so the
+#: compiled core computes the value without big-integer arithmetic; longer texts (and every oddity)
+#: take string2ll().
 _DIGITS_MAX: Final = 18
 _CR: Final = b"\r"
 _LF: Final = b"\n"
@@ -155,12 +152,11 @@ class RequestParser:
         Exceeding them gives Redis's "invalid bulk length" / "invalid multibulk
         length". To reproduce Redis's pre-AUTH behaviour, with its
         "unauthenticated ..." wording, set :attr:`auth_required` instead.
-        Limits above :data:`LIMIT_CEILING` count as that ceiling.
         """
         if max_bulk_length < 0 or max_multibulk_length < 0:
             raise ValueError("limits must be >= 0")
-        self._max_bulk = min(max_bulk_length, LIMIT_CEILING)
-        self._max_count = min(max_multibulk_length, LIMIT_CEILING)
+        self._max_bulk = max_bulk_length
+        self._max_count = max_multibulk_length
         self._update_caps()
 
     @property
@@ -227,7 +223,7 @@ class RequestParser:
         self._run(out, 1)
         return out[0] if out else None
 
-    def parse_chunk(self, data: bytes) -> list[list[bytes]]:
+    def parse_chunk(self, data: bytes | bytearray | memoryview) -> list[list[bytes]]:
         """``feed(data)`` then ``parse_all()``: the one call a server makes per read chunk.
 
         Error handling: as :meth:`parse_all` (good requests first, the error on the next call).

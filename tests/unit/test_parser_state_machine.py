@@ -346,11 +346,12 @@ def test_fuzz_seeds_reach_every_protocol_error() -> None:
 def test_fuzz_target_catches_a_broken_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     """The check is not vacuous: a parser whose result depends on chunking is reported."""
     # The pure core's class: a compiled class cannot be patched, and the check compares every core with it.
-    original = request_parser.RequestParser.feed
+    pure_class = CORES["pure"].request_parser.RequestParser
+    original = pure_class.feed
 
     def lossy_feed(self: RequestParser, data: bytes | bytearray | memoryview) -> None:
         original(self, bytes(data)[:-1] if len(data) == 1 and bytes(data) == b"\n" else data)
 
-    monkeypatch.setattr(request_parser.RequestParser, "feed", lossy_feed)
+    monkeypatch.setattr(pure_class, "feed", lossy_feed)
     with pytest.raises(AssertionError):
         fuzz_target.check(b"\x00PING\n")

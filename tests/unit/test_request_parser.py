@@ -1,4 +1,4 @@
-"""RequestParser: Redis's request grammar, byte for byte, on every parser core (pure and Cython-compiled).
+"""RequestParser: Redis's request grammar, byte for byte, on every parser core (pure and mypyc-compiled).
 
 Expected values marked "redis-server 7.0.15" were checked against a real
 redis-server (inline lines through ``EVAL "return ARGV" 0 <line>``, which
@@ -427,11 +427,11 @@ def test_buffered_counts_unparsed_bytes_and_partial_arguments(core: str) -> None
 
 
 def test_compiled_core_is_built_where_a_compiler_exists() -> None:
-    """``make install`` builds the Cython core wherever gcc is found; a silent fallback would hide a broken build."""
+    """``make install`` builds the mypyc core wherever gcc is found; a silent fallback would hide a broken build."""
     if shutil.which("gcc") is None or os.environ.get("CROSSDOCK_NO_EXTENSIONS"):
         pytest.skip("no C compiler here: the pure core only")
-    assert set(CORES) == {"cython", "pure"}
-    assert CORES["cython"].request_parser.RequestParser is not CORES["pure"].request_parser.RequestParser
+    assert set(CORES) == {"mypyc", "pure"}
+    assert CORES["mypyc"].request_parser.RequestParser is not CORES["pure"].request_parser.RequestParser
 
 
 # -- hostile and slow peers ----------------------------------------------------------------------
