@@ -15,7 +15,8 @@ asyncio and the threaded front end and for any executor that offers the
   shedding starts and one when it stops, never one per request.
 - **Fair sharing of the backlog** (issue 15, item 6). Admitted jobs wait in
   one queue per client and are handed to the executor round-robin across
-  clients, at most :data:`EXECUTOR_DEPTH_PER_WORKER` per worker at a time,
+  clients, at most :data:`EXECUTOR_DEPTH_PER_WORKER` per worker at a time
+  (except a client's first job while it has none there, which goes at once),
   so a client's long pipeline does not run ahead of everyone else's single
   request. When the backlog is full, a request from a client with fewer
   waiting jobs than the client with the most is still admitted, and that
@@ -204,6 +205,8 @@ class CpuJobs:
         self._waiting: OrderedDict[int, deque[Job]] = OrderedDict()
         #: Jobs handed to the executor and not yet done with by it (at most 2 per worker: see _take_ready).
         self._in_executor = 0
+        #: The same, per client (clients with none are absent).
+        self._in_executor_by_client: dict[int, int] = {}
         #: Per thread: jobs released while that thread is already submitting (see :meth:`_submit_ready`).
         self._local = threading.local()
         #: Executors this object stopped on purpose (a timeout): their other jobs are resubmitted.
@@ -280,22 +283,32 @@ class CpuJobs:
         return job
 
     def _take_ready(self) -> list[Job]:
-        """Jobs to hand to the executor now, round-robin across clients, while it holds fewer than 2 per worker.
-        Called with the lock held; the caller submits them after releasing it."""
+        """Jobs to hand to the executor now. A client with nothing in the executor has its next job handed over
+        at once (a client's single request never waits behind another's backlog in our queues, and many
+        one-request clients keep every worker fed); beyond that, jobs go round-robin across clients while the
+        executor holds fewer than 2 per worker. Called with the lock held; the caller submits them after."""
         ready: list[Job] = []
         waiting = self._waiting
+        by_client = self._in_executor_by_client
+        for client_id in [cid for cid in waiting if cid not in by_client]:  # O(clients waiting)
+            ready.append(self._hand_over(client_id))
         # Read each time: a Dask cluster's thread count changes as workers come and go (and may be 0, when
         # one job is still handed over so that the executor answers it with its own error).
         depth = max(EXECUTOR_DEPTH_PER_WORKER * self.pool.workers, 1)
         while self._in_executor < depth and waiting:
-            client_id, queue = waiting.popitem(last=False)
-            job = queue.popleft()
-            if queue:
-                waiting[client_id] = queue  # to the back of the round
-            job.submitted = True
-            self._in_executor += 1
-            ready.append(job)
+            ready.append(self._hand_over(next(iter(waiting))))
         return ready
+
+    def _hand_over(self, client_id: int) -> Job:
+        """Take ``client_id``'s oldest waiting job for the executor; the client goes to the back of the round."""
+        queue = self._waiting.pop(client_id)
+        job = queue.popleft()
+        if queue:
+            self._waiting[client_id] = queue
+        job.submitted = True
+        self._in_executor += 1
+        self._in_executor_by_client[client_id] = self._in_executor_by_client.get(client_id, 0) + 1
+        return job
 
     def abandon(self, job: Job) -> None:
         """The client that asked for ``job`` has gone: its reply is dropped, and it is not resubmitted.
@@ -399,6 +412,9 @@ class CpuJobs:
                 self._free_slots.append(job.slot)
                 if job.submitted:
                     self._in_executor -= 1
+                    left = self._in_executor_by_client.pop(job.client_id, 1) - 1
+                    if left:
+                        self._in_executor_by_client[job.client_id] = left
                     ready = self._take_ready()
         if deliver:
             job.on_reply(reply)
