@@ -527,7 +527,8 @@ def test_one_pipelining_client_cannot_take_the_whole_cpu_backlog(
 
 def test_fair_hand_out_serves_one_request_clients_and_never_starves_a_pipelining_one() -> None:
     """In-process, with a first-come-first-served executor stub completing one job at a time: one client has
-    20 requests waiting, ten others keep one request each in flight (a new one as soon as theirs is answered).
+    many requests waiting, ten others keep one request each in flight (a new one as soon as theirs is answered).
+    (The pipelining client has 60 waiting, more than its share of the 220 steps.)
     Every client keeps being served: the pipelining client has one job in the executor's queue like each of the
     others (not its whole pipeline ahead of them, as a plain FIFO would), its jobs still run while the others
     keep the pool full, and every client has a job in the executor (not only 2 per worker in all)."""
@@ -579,8 +580,8 @@ def test_fair_hand_out_serves_one_request_clients_and_never_starves_a_pipelining
 
         jobs.start(RunCpu("work", pow, (client,)), on_reply, client)
 
-    for _ in range(20):
-        ask(0)  # the pipelining client
+    for _ in range(60):
+        ask(0)  # the pipelining client: more than it can be served in the steps below
     for client in range(1, 11):
         ask(client)
     greedy_in_queue_max = 0
