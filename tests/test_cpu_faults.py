@@ -142,9 +142,7 @@ PRIMES_200K = 17_984
 
 
 @pytest.mark.parametrize("mode", FRONT_ENDS)
-def test_kill_storm_costs_at_most_one_request_per_killed_worker(
-    mode: str, start: Callable[..., ServerProcess]
-) -> None:
+def test_kill_storm_costs_at_most_one_request_per_killed_worker(mode: str, start: Callable[..., ServerProcess]) -> None:
     """Issue 15, item 2: error replies <= kills; every other reply is the right count; the server is healthy."""
     process = start(mode, "--workers", "2")
     stop = threading.Event()
