@@ -142,9 +142,7 @@ PRIMES_200K = 17_984
 
 
 @pytest.mark.parametrize("mode", FRONT_ENDS)
-def test_kill_storm_costs_at_most_one_request_per_killed_worker(
-    mode: str, start: Callable[..., ServerProcess]
-) -> None:
+def test_kill_storm_costs_at_most_one_request_per_killed_worker(mode: str, start: Callable[..., ServerProcess]) -> None:
     """Issue 15, item 2: error replies <= kills; every other reply is the right count; the server is healthy."""
     process = start(mode, "--workers", "2")
     stop = threading.Event()
@@ -545,3 +543,76 @@ def test_one_pipelining_client_cannot_take_the_whole_cpu_backlog(
     if mode == "async":
         with process.connect() as other:  # the greedy client's waiting jobs left with it
             wait_for(lambda: info(other)["cpu_jobs_in_flight"] == "0", "books back to 0")
+
+
+def test_fair_hand_out_serves_one_request_clients_and_never_starves_a_pipelining_one() -> None:
+    """In-process, with a first-come-first-served executor stub completing one job at a time: one client has
+    many requests waiting, ten others keep one request each in flight (a new one as soon as theirs is answered).
+    (The pipelining client has 60 waiting, more than its share of the 220 steps.)
+    Every client keeps being served: the pipelining client has one job in the executor's queue like each of the
+    others (not its whole pipeline ahead of them, as a plain FIFO would), its jobs still run while the others
+    keep the pool full, and the executor's own queue stays short (two submissions per worker) and never runs dry."""
+    import concurrent.futures
+    from collections import Counter, deque
+
+    from server.commands.actions import RunCpu
+    from server.cpu.jobs import CpuJobs, call_directly, threaded_submit
+    from server.cpu.worker import OK_TAG
+
+    class FifoExecutor:
+        def __init__(self) -> None:
+            self.queue: deque[tuple[concurrent.futures.Future[object], int]] = deque()
+
+        def submit(self, fn: object, client: int) -> concurrent.futures.Future[object]:
+            future: concurrent.futures.Future[object] = concurrent.futures.Future()
+            self.queue.append((future, client))
+            return future
+
+    class Pool:
+        workers = 2
+        job_slots = 200
+        executor = FifoExecutor()
+
+        def job_call(self, job_id: int, slot: int, func: object, args: tuple[object, ...]) -> tuple[object, object]:
+            return func, args
+
+        def job_started(self, *_: object) -> None:
+            return None
+
+        def stop_job(self, *_: object) -> None: ...
+
+        def replace_broken(self, broken: object) -> bool:
+            return False
+
+        def died_workers(self, *_: object) -> None:
+            return None
+
+    pool = Pool()
+    jobs = CpuJobs(pool, queue_limit=100, timeout=0, submit=threaded_submit, call_soon=call_directly)
+    served: Counter[int] = Counter()
+
+    def ask(client: int) -> None:
+        def on_reply(reply: bytes) -> None:
+            assert reply == b":1\r\n"
+            served[client] += 1
+            if client != 0:  # the one-request clients ask again at once
+                ask(client)
+
+        jobs.start(RunCpu("work", pow, (client,)), on_reply, client)
+
+    for _ in range(60):
+        ask(0)  # the pipelining client: more than it can be served in the steps below
+    for client in range(1, 11):
+        ask(client)
+    greedy_in_queue_max = 0
+    for step in range(220):
+        if step >= 20:  # once the jobs it had in the executor before the others came (2 per worker) have run
+            greedy_in_queue_max = max(greedy_in_queue_max, sum(1 for _, c in pool.executor.queue if c == 0))
+            # the executor holds a short queue (two submissions per worker, the rest waits in fair order here)
+            # and is never left empty while clients wait: the workers are never idle on the front end's account
+            assert 0 < len(pool.executor.queue) <= 2 * pool.workers
+        future, _client = pool.executor.queue.popleft()
+        future.set_result((OK_TAG, 1))
+    assert greedy_in_queue_max == 1  # never more than one of its jobs ahead of the others
+    assert served[0] >= 15  # about 1 in 11 of 220: not starved
+    assert all(served[client] >= 15 for client in range(1, 11))
