@@ -59,7 +59,7 @@ def subscribe(ctx: CommandContext, args: list[bytes]) -> object:
 def unsubscribe(ctx: CommandContext, args: list[bytes]) -> object:
     hub = ctx.server.pubsub
     client = ctx.client
-    channels = args[1:] or list(client.channels)
+    channels = args[1:] or list(client.channels or ())
     if not channels:
         return _confirmations(ctx, b"unsubscribe", [(None, client.subscriptions)])
     return _confirmations(ctx, b"unsubscribe", [(channel, hub.unsubscribe(client, channel)) for channel in channels])
@@ -80,7 +80,7 @@ def psubscribe(ctx: CommandContext, args: list[bytes]) -> object:
 def punsubscribe(ctx: CommandContext, args: list[bytes]) -> object:
     hub = ctx.server.pubsub
     client = ctx.client
-    patterns = args[1:] or list(client.patterns)
+    patterns = args[1:] or list(client.patterns or ())
     if not patterns:
         return _confirmations(ctx, b"punsubscribe", [(None, client.subscriptions)])
     return _confirmations(ctx, b"punsubscribe", [(pattern, hub.punsubscribe(client, pattern)) for pattern in patterns])

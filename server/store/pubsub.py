@@ -36,9 +36,10 @@ class Subscriber(Protocol):
     resp: int
     #: The driver's delivery hook: already-encoded bytes to send, or None where the driver has none.
     push: Callable[[bytes], None] | None
-    #: Subscribed channels and patterns, in subscription order (dicts used as ordered sets).
-    channels: dict[bytes, None]
-    patterns: dict[bytes, None]
+    #: Subscribed channels and patterns, in subscription order (dicts used as ordered sets); None until the
+    #: first subscription, so a client that never subscribes carries no dict.
+    channels: dict[bytes, None] | None
+    patterns: dict[bytes, None] | None
     #: len(channels) + len(patterns): the RESP2 subscribed-mode test reads this one field.
     subscriptions: int
 
@@ -79,6 +80,8 @@ class PubSubHub:
     def subscribe(self, client: ClientState, channel: bytes) -> int:
         """Add ``client`` to ``channel`` (a no-op if already there); return its subscription count."""
         with self._lock:
+            if client.channels is None:
+                client.channels = {}
             if channel not in client.channels:
                 client.channels[channel] = None
                 self.channels.setdefault(channel, {})[client.id] = client
@@ -87,13 +90,15 @@ class PubSubHub:
     def unsubscribe(self, client: ClientState, channel: bytes) -> int:
         """Remove ``client`` from ``channel`` (a no-op if not there); return its subscription count."""
         with self._lock:
-            if client.channels.pop(channel, 0) is None:
+            if client.channels is not None and client.channels.pop(channel, 0) is None:
                 _discard(self.channels, channel, client.id)
             return _recount(client)
 
     def psubscribe(self, client: ClientState, pattern: bytes) -> int:
         """Add ``client`` to ``pattern``; return its subscription count."""
         with self._lock:
+            if client.patterns is None:
+                client.patterns = {}
             if pattern not in client.patterns:
                 client.patterns[pattern] = None
                 self.patterns.setdefault(pattern, {})[client.id] = client
@@ -102,7 +107,7 @@ class PubSubHub:
     def punsubscribe(self, client: ClientState, pattern: bytes) -> int:
         """Remove ``client`` from ``pattern``; return its subscription count."""
         with self._lock:
-            if client.patterns.pop(pattern, 0) is None:
+            if client.patterns is not None and client.patterns.pop(pattern, 0) is None:
                 _discard(self.patterns, pattern, client.id)
             return _recount(client)
 
@@ -111,12 +116,11 @@ class PubSubHub:
         if not client.subscriptions:
             return
         with self._lock:
-            for channel in client.channels:
+            for channel in client.channels or ():
                 _discard(self.channels, channel, client.id)
-            for pattern in client.patterns:
+            for pattern in client.patterns or ():
                 _discard(self.patterns, pattern, client.id)
-            client.channels.clear()
-            client.patterns.clear()
+            client.channels = client.patterns = None
             client.subscriptions = 0
 
     # -- publishing --------------------------------------------------------------------------
@@ -180,7 +184,7 @@ class PubSubHub:
 
 
 def _recount(client: ClientState) -> int:
-    client.subscriptions = count = len(client.channels) + len(client.patterns)
+    client.subscriptions = count = len(client.channels or ()) + len(client.patterns or ())
     return count
 
 

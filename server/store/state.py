@@ -80,8 +80,8 @@ class ClientState:
     # Pub/sub (server.store.pubsub fills these): subscriptions, and the driver's hook that sends a pushed message.
     #: Send already-encoded bytes to this client now (set by the connection's driver; None: no pub/sub delivery).
     push: Callable[[bytes], None] | None = None
-    channels: dict[bytes, None] = field(default_factory=dict)
-    patterns: dict[bytes, None] = field(default_factory=dict)
+    channels: dict[bytes, None] | None = None  # made on the first SUBSCRIBE: most clients never subscribe
+    patterns: dict[bytes, None] | None = None
     #: Channels plus patterns subscribed: nonzero puts a RESP2 client in subscribed mode.
     subscriptions: int = 0
     #: Since when a subscriber's unsent output has been over the pub/sub soft limit (0.0: it is not).
@@ -94,7 +94,7 @@ class ClientState:
             f"id={self.id} addr={self.addr} laddr={self.laddr} fd={self.fd} "
             f"name={self.name.decode(errors='replace')} age={int(now - self.created)} "
             f"idle={int(now - self.last_interaction)} flags={'P' if self.subscriptions else 'N'} db=0 "
-            f"sub={len(self.channels)} psub={len(self.patterns)} ssub=0 multi=-1 "
+            f"sub={len(self.channels or ())} psub={len(self.patterns or ())} ssub=0 multi=-1 "
             f"cmd={self.last_command} user=default redir=-1 resp={self.resp} "
             f"lib-name={self.lib_name.decode(errors='replace')} lib-ver={self.lib_ver.decode(errors='replace')}"
         )
