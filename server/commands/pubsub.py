@@ -10,6 +10,8 @@ QUIT and RESET) is checked by the dispatcher (:data:`SUBSCRIBED_MODE_COMMANDS`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from server.commands.auth import NO_AUTH_FLAGS
 from server.commands.context import CommandContext
 from server.commands.registry import CommandError, CommandSet
@@ -41,6 +43,14 @@ def _confirmations(ctx: CommandContext, kind: bytes, replies: list[tuple[bytes |
     return RawReply(b"".join(encode_for(PushReply([kind, name, count]), resp) for name, count in replies))
 
 
+def _leave(ctx: CommandContext, kind: bytes, names: list[bytes], leave: Callable[..., int]) -> object:
+    """(P)UNSUBSCRIBE: leave each of ``names``; with none (and no subscription) Redis still confirms once."""
+    client = ctx.client
+    if not names:
+        return _confirmations(ctx, kind, [(None, client.subscriptions)])
+    return _confirmations(ctx, kind, [(name, leave(client, name)) for name in names])
+
+
 def _require_push(ctx: CommandContext) -> None:
     if ctx.client.push is None:
         raise CommandError("ERR pub/sub is not available on this connection (its front end has no push hook)")
@@ -57,12 +67,7 @@ def subscribe(ctx: CommandContext, args: list[bytes]) -> object:
     "UNSUBSCRIBE", arity=-1, summary="Stop listening to the given channels (all without arguments).", **_PUBSUB
 )
 def unsubscribe(ctx: CommandContext, args: list[bytes]) -> object:
-    hub = ctx.server.pubsub
-    client = ctx.client
-    channels = args[1:] or list(client.channels or ())
-    if not channels:
-        return _confirmations(ctx, b"unsubscribe", [(None, client.subscriptions)])
-    return _confirmations(ctx, b"unsubscribe", [(channel, hub.unsubscribe(client, channel)) for channel in channels])
+    return _leave(ctx, b"unsubscribe", args[1:] or list(ctx.client.channels or ()), ctx.server.pubsub.unsubscribe)
 
 
 @COMMANDS.inline(
@@ -78,12 +83,7 @@ def psubscribe(ctx: CommandContext, args: list[bytes]) -> object:
     "PUNSUBSCRIBE", arity=-1, summary="Stop listening to the given patterns (all without arguments).", **_PUBSUB
 )
 def punsubscribe(ctx: CommandContext, args: list[bytes]) -> object:
-    hub = ctx.server.pubsub
-    client = ctx.client
-    patterns = args[1:] or list(client.patterns or ())
-    if not patterns:
-        return _confirmations(ctx, b"punsubscribe", [(None, client.subscriptions)])
-    return _confirmations(ctx, b"punsubscribe", [(pattern, hub.punsubscribe(client, pattern)) for pattern in patterns])
+    return _leave(ctx, b"punsubscribe", args[1:] or list(ctx.client.patterns or ()), ctx.server.pubsub.punsubscribe)
 
 
 @COMMANDS.inline("PUBLISH", arity=3, summary="Post a message to a channel; replies how many received it.", **_PUBSUB)

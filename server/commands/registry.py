@@ -91,7 +91,34 @@ class Command:
 MAX_CACHED_SPELLINGS = 4096
 
 
-class Registry:
+class _Declarations:
+    """The two decorators, shared by :class:`Registry` (registers at once) and :class:`CommandSet` (collects)."""
+
+    def _take(self, command: Command) -> None:
+        raise NotImplementedError
+
+    def inline(self, name: str, arity: int, **meta: Any) -> Callable[[InlineHandler], InlineHandler]:
+        """Decorator: an inline handler ``handler(ctx, args) -> reply``."""
+
+        def decorate(handler: InlineHandler) -> InlineHandler:
+            self._take(Command(name.lower(), arity, Kind.INLINE, handler, **meta))
+            return handler
+
+        return decorate
+
+    def cpu(
+        self, name: str, arity: int, argspec: Sequence[ArgConverter], **meta: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: a module-level cpu function; ``argspec`` converts each argument."""
+
+        def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+            self._take(Command(name.lower(), arity, Kind.CPU, func, argspec=tuple(argspec), **meta))
+            return func
+
+        return decorate
+
+
+class Registry(_Declarations):
     """A name -> :class:`Command` table. Lookups are by lower-cased name, as Redis's are case-insensitive."""
 
     def __init__(self) -> None:
@@ -133,28 +160,10 @@ class Registry:
         for command in commands:
             self.add(command)
 
-    def inline(self, name: str, arity: int, **meta: Any) -> Callable[[InlineHandler], InlineHandler]:
-        """Decorator: register an inline handler ``handler(ctx, args) -> reply``."""
+    def _take(self, command: Command) -> None:
+        self.add(command)
 
-        def decorate(handler: InlineHandler) -> InlineHandler:
-            self.add(Command(name.lower(), arity, Kind.INLINE, handler, **meta))
-            return handler
-
-        return decorate
-
-    def cpu(
-        self, name: str, arity: int, argspec: Sequence[ArgConverter], **meta: Any
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator: register a module-level cpu function; ``argspec`` converts each argument."""
-
-        def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-            self.add(Command(name.lower(), arity, Kind.CPU, func, argspec=tuple(argspec), **meta))
-            return func
-
-        return decorate
-
-
-class CommandSet:
+class CommandSet(_Declarations):
     """Commands declared by a module without registering them anywhere yet: ``Registry.add_all`` does that.
 
     The built-ins declare themselves this way, so importing a handler module
@@ -168,25 +177,8 @@ class CommandSet:
     def __iter__(self) -> Iterator[Command]:
         return iter(self.commands)
 
-    def inline(self, name: str, arity: int, **meta: Any) -> Callable[[InlineHandler], InlineHandler]:
-        """Decorator: declare an inline handler ``handler(ctx, args) -> reply``."""
-
-        def decorate(handler: InlineHandler) -> InlineHandler:
-            self.commands.append(Command(name.lower(), arity, Kind.INLINE, handler, **meta))
-            return handler
-
-        return decorate
-
-    def cpu(
-        self, name: str, arity: int, argspec: Sequence[ArgConverter], **meta: Any
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator: declare a module-level cpu function; ``argspec`` converts each argument."""
-
-        def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-            self.commands.append(Command(name.lower(), arity, Kind.CPU, func, argspec=tuple(argspec), **meta))
-            return func
-
-        return decorate
+    def _take(self, command: Command) -> None:
+        self.commands.append(command)
 
 
 #: The registry the servers use. A user's module registers into it when imported (``--modules``), through

@@ -51,13 +51,10 @@ from server.limits.resources import (
     deadline_passed,
     note_limit_close,
 )
-from server.protocol import RequestParser, encode_error
+from server.protocol import RequestParser
 from server.store.state import ClientState, ServerState
 
 log = structlog.get_logger("crossdock.connection")
-
-#: The reply a request gets when the server stops before its job finished (its slot is answered, never skipped).
-SHUTTING_DOWN = "ERR server is shutting down"
 
 #: Limits whose close drops what is unsent (RST): the client is not taking its replies anyway.
 _ABORTING_LIMITS = frozenset({OUTPUT_BUFFER, PUBSUB_OUTPUT_BUFFER, WRITE_TIMEOUT})
@@ -432,10 +429,6 @@ class ConnectionCore:
         """No request of this client is executing and its replies are not held back: only the peer can act."""
         return not self._pending and not self._paused_for_writes and not self.reading_done and self._input is None
 
-    def unsent_bytes(self) -> int:
-        """Reply bytes not yet taken by the client: held here plus the transport's buffer."""
-        return self._out_bytes + self.transport.get_write_buffer_size()
-
     # -- limits ------------------------------------------------------------------------------
     def close_for(self, reason: str, **detail: Any) -> None:
         """Close this client because it passed a limit: count and log once, no reply.
@@ -548,8 +541,3 @@ class ConnectionCore:
             self.transport.pause_reading()
         else:
             self.transport.resume_reading()
-
-
-def shutting_down_reply() -> bytes:
-    """What a request whose job the server gave up on at shutdown is answered (so no slot is left empty)."""
-    return encode_error(SHUTTING_DOWN)

@@ -179,25 +179,6 @@ def _cut(jobs: list[Job], weights: list[float], room: int, workers: int) -> list
 _EPSILON = 1e-9
 
 
-def split_batches(jobs: list[Job], workers: int) -> list[list[Job]]:
-    """``jobs`` in hand-out order, cut into as few contiguous groups as keep ``workers`` busy.
-
-    One group per worker (fewer when there are fewer jobs), more only when a
-    group would pass :data:`MAX_BATCH_SIZE`; sizes differ by at most one.
-    """
-    count = len(jobs)
-    if count <= 1:
-        return [jobs] if jobs else []
-    groups = max(min(count, max(workers, 1)), -(-count // MAX_BATCH_SIZE))
-    base, extra = divmod(count, groups)
-    out, start = [], 0
-    for index in range(groups):
-        size = base + (1 if index < extra else 0)
-        out.append(jobs[start : start + size])
-        start += size
-    return out
-
-
 class Job:
     """One admitted cpu request, from admission until its executor is done with it."""
 

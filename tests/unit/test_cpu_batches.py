@@ -1,26 +1,15 @@
-"""How ready cpu jobs are cut into batches (server.cpu.jobs.split_batches): in order, every worker busy, bounded."""
+"""How ready cpu jobs are cut into submissions (server.cpu.jobs._cut): in order, every worker busy, bounded."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.cpu.jobs import MAX_BATCH_SIZE, split_batches
-
-
-@given(count=st.integers(0, 1000), workers=st.integers(1, 16))
-def test_batches_keep_order_spread_over_workers_and_stay_bounded(count: int, workers: int) -> None:
-    jobs = list(range(count))
-    groups = split_batches(jobs, workers)  # type: ignore[arg-type]
-    assert [job for group in groups for job in group] == jobs
-    assert all(0 < len(group) <= MAX_BATCH_SIZE for group in groups)
-    if count:
-        assert len(groups) >= min(count, workers)
-        assert max(map(len, groups)) - min(map(len, groups)) <= 1
-
 
 def test_a_lone_job_goes_alone() -> None:
-    assert split_batches([7], 4) == [[7]]  # type: ignore[list-item]
+    from server.cpu.jobs import _cut
+
+    assert _cut([7], [1.0], room=4, workers=2) == [[7]]  # type: ignore[list-item]
 
 
 @given(
