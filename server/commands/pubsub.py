@@ -52,8 +52,8 @@ def _leave(ctx: CommandContext, kind: bytes, names: list[bytes], leave: Callable
 
 
 def _require_push(ctx: CommandContext) -> None:
-    if ctx.client.push is None:
-        raise CommandError("ERR pub/sub is not available on this connection (its front end has no push hook)")
+    if ctx.client.outlet is None:
+        raise CommandError("ERR pub/sub is not available on this connection (its front end has no push outlet)")
 
 
 @COMMANDS.inline("SUBSCRIBE", arity=-2, summary="Listen for messages published to the given channels.", **_PUBSUB)

@@ -13,7 +13,7 @@ event (called by the driver)                action (called on the driver's objec
 ``eof_received()`` / ``stop_reading()``     ``transport.close()`` once replies are out
 ``check_deadlines(now)``                    ``transport.close()`` / ``transport.abort()``
 ``connection_lost()``                       ``jobs.cancel(job)`` for each unfinished job
-``push(data)`` (pub/sub, via client.push)   ``transport.write(bytes)``, ``transport.abort()``
+``push(data)`` (pub/sub, client.outlet)      ``transport.write(bytes)``, ``transport.abort()``
 ==========================================  =============================================
 
 No sockets, asyncio or threads in here: the asyncio driver passes its uvloop
@@ -102,6 +102,37 @@ class Job:
         self.started_ns = time.perf_counter_ns()
 
 
+class CoreShared:
+    """What every connection of one server uses and none owns: held once per server, referenced once per core.
+
+    Keeping these here rather than in each :class:`ConnectionCore` is worth
+    about 60 bytes per connection (8 references in one), which is what the
+    idle-connection memory row measures.
+    """
+
+    __slots__ = ("clock", "config", "defer", "dispatcher", "registry", "small_output_limit", "state", "stats")
+
+    def __init__(
+        self,
+        state: ServerState,
+        dispatcher: Dispatcher,
+        registry: Registry,
+        clock: Callable[[], float] = time.monotonic,
+        defer: Callable[[Callable[[], None]], object] | None = None,
+    ) -> None:
+        self.state = state
+        self.config: Config = state.config
+        self.stats = state.stats
+        self.dispatcher = dispatcher
+        self.registry = registry
+        self.clock = clock
+        #: Runs a callable on a later pass of the driver's loop (``loop.call_soon``); None where the driver has
+        #: no loop to share (a thread per connection): then a read is served whole.
+        self.defer = defer
+        #: An output cap at or below the transport's high-water mark can be passed without pause_writing.
+        self.small_output_limit = self.config.output_buffer_limit <= WRITE_BUFFER_HIGH_WATER
+
+
 class ConnectionCore:
     """One client connection's policy: parse, dispatch, keep replies in order, enforce its limits.
 
@@ -127,60 +158,35 @@ class ConnectionCore:
         "_pending",
         "_read_budget",
         "client",
-        "clock",
         "closed",
-        "config",
         "ctx",
-        "defer",
-        "dispatcher",
         "jobs",
         "parser",
         "reading_done",
-        "small_output_limit",
-        "state",
-        "stats",
+        "shared",
         "transport",
     )
 
-    def __init__(
-        self,
-        transport: Transport,
-        jobs: JobRunner,
-        state: ServerState,
-        dispatcher: Dispatcher,
-        registry: Registry,
-        client: ClientState,
-        clock: Callable[[], float] = time.monotonic,
-        defer: Callable[[Callable[[], None]], object] | None = None,
-    ) -> None:
+    def __init__(self, transport: Transport, jobs: JobRunner, shared: CoreShared, client: ClientState) -> None:
         self.transport = transport
         self.jobs = jobs
-        self.state = state
-        self.config: Config = state.config
-        self.stats = state.stats
-        self.dispatcher = dispatcher
+        self.shared = shared
         self.client = client
-        self.clock = clock
-        #: Runs a callable on a later pass of the driver's loop (``loop.call_soon``); None where the driver has
-        #: no loop to share (a thread per connection): then a read is served whole.
-        self.defer = defer
         #: A read larger than FAIR_SHARE_BYTES, served one slice per pass from ``_input_pos``; None when idle.
         self._input: bytes | None = None
         self._input_pos = 0
-        self.ctx = CommandContext(state, client, registry)
-        self.parser = RequestParser(max_bulk_length=self.config.max_bulk_length)
-        #: An output cap at or below the transport's high-water mark can be passed without pause_writing.
-        self.small_output_limit = self.config.output_buffer_limit <= WRITE_BUFFER_HIGH_WATER
-        #: Replies ready to go out in the next write.
-        self._out: list[bytes] = []
+        self.ctx = CommandContext(shared.state, client, shared.registry)
+        self.parser = RequestParser(max_bulk_length=shared.config.max_bulk_length)
+        #: Replies ready to go out in the next write; made when the first is (an idle connection holds no list).
+        self._out: list[bytes] | None = None
         #: Reply bytes held here and not yet handed to the transport (``_out`` and the bytes in ``_pending``):
         #: with the transport's buffer, what --output-buffer-limit bounds.
         self._out_bytes = 0
         #: This connection's share of ``state.memory.client_output_bytes`` (--output-budget), as last counted.
         self._accounted = 0
-        #: Replies waiting behind an unfinished job, in request order (bytes or jobs). A list, not a deque: an
-        #: empty deque allocates a 64-slot block (~600 bytes per idle connection).
-        self._pending: list[bytes | Job] = []
+        #: Replies waiting behind an unfinished job, in request order (bytes or jobs); None while there are none
+        #: (most connections never wait on a job, and an idle one should not carry a list).
+        self._pending: list[bytes | Job] | None = None
         self._paused_for_queue = False
         self._paused_for_writes = False
         self._paused_for_fairness = False
@@ -210,7 +216,7 @@ class ConnectionCore:
             self._input = self._input[self._input_pos :] + data
             self._input_pos = 0
             return
-        if len(data) > FAIR_SHARE_BYTES and self.defer is not None:
+        if len(data) > FAIR_SHARE_BYTES and self.shared.defer is not None:
             self._input = data
             self._input_pos = 0
             self._paused_for_fairness = True
@@ -236,8 +242,9 @@ class ConnectionCore:
         else:
             self._input = None
             self._serve(data[start:] if start else data)
-        if self._input is not None and not self.closed and not self.client.close_requested and self.defer is not None:
-            self.defer(self._serve_slice)
+        defer = self.shared.defer
+        if self._input is not None and not self.closed and not self.client.close_requested and defer is not None:
+            defer(self._serve_slice)
             return
         self._input = None
         self._paused_for_fairness = False
@@ -251,11 +258,13 @@ class ConnectionCore:
             return
         pending = self._pending
         out = self._out
+        if out is None:
+            out = self._out = []
         served = False
-        self.client.last_interaction = self.clock()
+        self.client.last_interaction = self.shared.clock()
         self._dispatching = True
         try:
-            for result in self.dispatcher.run_chunk(self.ctx, self.parser, data):
+            for result in self.shared.dispatcher.run_chunk(self.ctx, self.parser, data):
                 served = True
                 if isinstance(result, bytes):
                     if pending:
@@ -271,6 +280,7 @@ class ConnectionCore:
                     self._start_job(Job(result))
                     if self.closed:
                         return
+                    pending = self._pending  # made by the first job
             if out:
                 self._write_out()
         except Exception:
@@ -280,9 +290,10 @@ class ConnectionCore:
             return
         finally:
             self._dispatching = False
+            self._out = None  # written (or dropped with the connection): an idle connection holds no list
         # The output cap can only be passed with replies held back, with the transport above its high-water
         # mark (it has called pause_writing), or with a cap set below that mark: skip the check otherwise.
-        if (self._out_bytes or self._paused_for_writes or self.small_output_limit) and self._over_output_limit():
+        if (self._out_bytes or self._paused_for_writes or self.shared.small_output_limit) and self._over_output_limit():
             return
         client = self.client
         buffered = self.parser.held
@@ -292,7 +303,7 @@ class ConnectionCore:
             client.request_started = 0.0
         if client.close_requested:
             self.stop_reading()
-        elif len(pending) >= MAX_PENDING_REPLIES_PER_CLIENT and not self._paused_for_queue:
+        elif pending and len(pending) >= MAX_PENDING_REPLIES_PER_CLIENT and not self._paused_for_queue:
             self._paused_for_queue = True
             self._update_reading()
 
@@ -300,7 +311,7 @@ class ConnectionCore:
         """A job's reply is here: release every reply now at the head of the queue, in order."""
         action = job.action
         if action.__class__ is RunCpu:
-            self.dispatcher.finish_cpu(action, job.started_ns, self.client.id, reply)
+            self.shared.dispatcher.finish_cpu(action, job.started_ns, self.client.id, reply)
         if self.closed:
             return
         job.reply = reply
@@ -312,8 +323,8 @@ class ConnectionCore:
         if self._over_output_limit():
             return
         # The idle deadline counts from the reply, not from the request that waited on us (Redis does the same).
-        self.client.last_interaction = self.clock()
-        if self._paused_for_queue and len(self._pending) < MAX_PENDING_REPLIES_PER_CLIENT:
+        self.client.last_interaction = self.shared.clock()
+        if self._paused_for_queue and len(self._pending or ()) < MAX_PENDING_REPLIES_PER_CLIENT:
             self._paused_for_queue = False
             self._update_reading()
         if self.reading_done and not self._pending and self._input is None:
@@ -328,14 +339,14 @@ class ConnectionCore:
         """The transport's buffer passed its high-water mark: stop reading until it drains."""
         self._paused_for_writes = True
         if not self.client.output_since:  # the write deadline runs from here
-            self.client.output_since = self.clock()
+            self.client.output_since = self.shared.clock()
         self._update_reading()
 
     def resume_writing(self) -> None:
         """The transport's buffer drained below its low-water mark."""
         self._paused_for_writes = False
         self.client.output_since = 0.0
-        self.client.last_interaction = self.clock()  # as Redis: a write the client took is interaction
+        self.client.last_interaction = self.shared.clock()  # as Redis: a write the client took is interaction
         if self._accounted:
             self._account()
         self._update_reading()
@@ -365,7 +376,7 @@ class ConnectionCore:
         """The clients cron's question: close this client if it overran a deadline; return the reason."""
         if self.closed:
             return None
-        reason = deadline_passed(self.config, self.client, now, reading=self.waiting_on_peer())
+        reason = deadline_passed(self.shared.config, self.client, now, reading=self.waiting_on_peer())
         if reason is not None:
             self.close_for(reason)
         return reason
@@ -373,17 +384,16 @@ class ConnectionCore:
     def connection_lost(self) -> None:
         """The transport is gone: cancel unfinished jobs (their replies are dropped), forget queued replies."""
         self.closed = self.reading_done = True
-        for item in self._pending:
+        for item in self._pending or ():
             if item.__class__ is Job and item.reply is None:
                 self.jobs.cancel(item)
-        self._pending.clear()
-        self._out.clear()
+        self._pending = self._out = None
         self._out_bytes = 0
         self._unaccount()
         log.debug("connection_closed", client_id=self.client.id)
 
     def push(self, data: bytes) -> None:
-        """A pub/sub message for this client, already encoded (``client.push``, set by the driver).
+        """A pub/sub message for this client, already encoded (the core is ``client.outlet``, set by the driver).
 
         It goes out now, in one write, unless replies are waiting on a job:
         then it queues behind them, so a RESP2 client never sees a message
@@ -400,7 +410,10 @@ class ConnectionCore:
         if self._pending:
             self._pending.append(data)
         else:
-            self._out.append(data)
+            out = self._out
+            if out is None:
+                out = self._out = []
+            out.append(data)
             if not self._dispatching:
                 self._write_out()
         self._check_pubsub_output()
@@ -418,7 +431,7 @@ class ConnectionCore:
         if unsent > PUBSUB_OUTPUT_HARD_LIMIT:
             self.close_for(PUBSUB_OUTPUT_BUFFER, unsent=unsent, limit=PUBSUB_OUTPUT_HARD_LIMIT)
             return
-        now = self.clock()
+        now = self.shared.clock()
         if not client.pubsub_soft_since:
             client.pubsub_soft_since = now
         elif now - client.pubsub_soft_since > PUBSUB_OUTPUT_SOFT_SECONDS:
@@ -439,11 +452,11 @@ class ConnectionCore:
         """
         if self.closed:
             return
-        note_limit_close(self.client, reason, self.stats, **detail)
+        note_limit_close(self.client, reason, self.shared.stats, **detail)
         self.reading_done = self.closed = True
         self._unaccount()
         if reason in _ABORTING_LIMITS:
-            self._out.clear()
+            self._out = None
             self._out_bytes = 0
             self.transport.abort()
         else:
@@ -459,12 +472,12 @@ class ConnectionCore:
         if self.closed:
             return True
         unsent = self._account()
-        limit = self.config.output_buffer_limit
+        limit = self.shared.config.output_buffer_limit
         if unsent > limit:
             self.close_for(OUTPUT_BUFFER, unsent=unsent, limit=limit)
             return True
-        budget = self.config.output_budget
-        server_unsent = self.state.memory.client_output_bytes
+        budget = self.shared.config.output_budget
+        server_unsent = self.shared.state.memory.client_output_bytes
         if budget and unsent > WRITE_BUFFER_HIGH_WATER and server_unsent > budget:
             self.close_for(OUTPUT_BUFFER, unsent=unsent, server_unsent=server_unsent, budget=budget)
             return True
@@ -473,37 +486,44 @@ class ConnectionCore:
     def _account(self) -> int:
         """Count this connection's unsent bytes into the server-wide total; return them."""
         unsent = self._out_bytes + self.transport.get_write_buffer_size()
-        self.state.memory.client_output_bytes += unsent - self._accounted
+        self.shared.state.memory.client_output_bytes += unsent - self._accounted
         self._accounted = unsent
         return unsent
 
     def _unaccount(self) -> None:
         """This connection holds nothing any more: take its share out of the server-wide total."""
         if self._accounted:
-            memory = self.state.memory
+            memory = self.shared.state.memory
             memory.client_output_bytes -= self._accounted
             memory.released(self._accounted)  # glibc keeps freed heap: past a threshold, it is given back
             self._accounted = 0
 
     def _note_partial_request(self, buffered: int, served: bool) -> None:
         """The parser holds part of a request: enforce the query buffer cap, start its request deadline."""
-        limit = self.config.query_buffer_limit
+        limit = self.shared.config.query_buffer_limit
         if buffered > limit:
             self.close_for(QUERY_BUFFER, buffered=buffered, limit=limit)
         elif served or not self.client.request_started:
-            self.client.request_started = self.clock()
+            self.client.request_started = self.shared.clock()
 
     # -- replies -----------------------------------------------------------------------------
     def _start_job(self, job: Job) -> None:
         """Queue the job's slot, write what is ready before it (it may take long), then hand it to the runner."""
+        if self._pending is None:
+            self._pending = []
         self._pending.append(job)
         if self._out:
             self._write_out()
         self.jobs.start(job, self)
 
     def _release_ready(self) -> None:
+        """Move the replies now at the head of the queue (up to the first unfinished job) to ``_out``."""
         pending = self._pending
+        if pending is None:
+            return
         out = self._out
+        if out is None:
+            out = self._out = []
         ready = 0
         for head in pending:
             if isinstance(head, bytes):
@@ -514,17 +534,22 @@ class ConnectionCore:
                 break
             ready += 1
         del pending[:ready]
+        if not pending:
+            self._pending = None  # no job waits: drop the list (an idle connection holds none)
 
     def _write_out(self) -> None:
         out = self._out
         if not out:
             return
         data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
+        if self._dispatching:
+            out.clear()  # the chunk being served goes on appending to this list
+        else:
+            self._out = None
         if self.closed:
             return
         self._out_bytes -= len(data)
-        self.stats.total_net_output_bytes += len(data)
+        self.shared.stats.total_net_output_bytes += len(data)
         self.transport.write(data)
 
     def _close(self) -> None:

@@ -29,7 +29,7 @@ import structlog
 from server import security
 from server.commands import Registry, RunCpu, Sleep
 from server.config import Config
-from server.connection.core import ConnectionCore, Job
+from server.connection.core import ConnectionCore, CoreShared, Job
 from server.cpu.backend import cpu_reply
 from server.cpu.jobs import CpuJobs
 from server.cpu.worker import run_cpu
@@ -85,17 +85,9 @@ class LoopConnection(ConnectionCore, asyncio.Protocol):
             format_address(transport.get_extra_info("sockname")),
             sock.fileno() if sock is not None else -1,
         )
-        assert server.jobs is not None, "connections are accepted only after start()"
-        super().__init__(
-            transport,
-            server.jobs,
-            server.state,
-            server.dispatcher,
-            server.registry,
-            client,
-            defer=server.jobs.loop.call_soon,  # big reads are served a slice per loop pass
-        )
-        client.push = self.push  # pub/sub delivery: the core writes pushed messages on this loop's transport
+        assert server.jobs is not None and server.shared is not None, "connections are accepted only after start()"
+        super().__init__(transport, server.jobs, server.shared, client)
+        client.outlet = self  # pub/sub delivery: the core itself (no bound method per client) writes pushed messages
         self.server = server
         #: Created on demand (shutdown waits on it), so an idle connection does not carry a future.
         self._closed_waiter: asyncio.Future[None] | None = None
@@ -141,6 +133,7 @@ class AsyncServer(ServerBase):
         self.connections: set[LoopConnection] = set()
         #: Set by start(), on the running loop.
         self.jobs: LoopJobs | None = None
+        self.shared: CoreShared | None = None
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.stopping = asyncio.Event()
@@ -158,6 +151,8 @@ class AsyncServer(ServerBase):
         # defer: the cpu requests admitted in one loop pass go to the pool together (server.cpu.jobs batches).
         self.start_cpu(pool, submit=loop.run_in_executor, call_soon=loop.call_soon_threadsafe, defer=loop.call_soon)
         self.jobs = LoopJobs(loop, self.cpu_jobs)
+        # defer: big reads are served a slice per loop pass (FAIR_SHARE_BYTES).
+        self.shared = CoreShared(self.state, self.dispatcher, self.registry, defer=loop.call_soon)
         config = self.config
         try:
             self._server = await asyncio.start_server(

@@ -113,7 +113,7 @@ class SocketTransport:
 
     # -- pub/sub, from other threads ----------------------------------------------------------------
     def push(self, data: bytes) -> None:
-        """A pub/sub message for this client (its ``client.push``), from any thread; never blocks on the client."""
+        """A pub/sub message for this client (as its ``client.outlet``), from any thread; never blocks on the client."""
         if threading.current_thread() is self.thread and self.core is not None:
             self.core.push(data)  # published to itself: ordered as Redis orders it, by the core
             return

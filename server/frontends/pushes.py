@@ -3,7 +3,7 @@
 A subscriber's own thread spends its time blocked in ``recv``; the
 publisher's thread must not wait for it, nor for a subscriber that does not
 read. So a pushed message (:meth:`PushOutbox.push`, the subscriber's
-``client.push`` hook) is:
+``client.outlet``) is:
 
 - queued in the subscriber's inbox while its own thread is serving a chunk
   (that thread writes it after the chunk's replies, so a SUBSCRIBE's
@@ -36,6 +36,7 @@ class SocketTransport(Protocol):
     closing: bool
 
     def send_pushed(self) -> bool: ...
+
 
 #: Longest the drainer sleeps without an event: how late it notices it should stop.
 DRAINER_TICK = 1.0

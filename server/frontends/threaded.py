@@ -27,7 +27,7 @@ import structlog
 from server import security
 from server.commands import Registry
 from server.config import Config
-from server.connection.core import ConnectionCore
+from server.connection.core import ConnectionCore, CoreShared
 from server.cpu.jobs import call_directly, threaded_submit
 from server.errors import StartupError
 from server.frontends import tls
@@ -109,6 +109,8 @@ class ThreadedServer(ServerBase):
         self.stopping = threading.Event()
         self._accept_log = RateLimitedLog("accept_failed_retrying")
         self._drainer: PushDrainer | None = None
+        #: What every connection's core shares (no loop: a thread serves its reads whole).
+        self.shared = CoreShared(self.state, self.dispatcher, self.registry)
 
     def start(self) -> None:
         """Size descriptors and load TLS, start the pool, bind, accept; log ``started``."""
@@ -240,10 +242,10 @@ class ThreadedServer(ServerBase):
             return
         transport = SocketTransport(sock)
         driver = ThreadConnection(transport, self.cpu_jobs)
-        core = ConnectionCore(transport, driver, self.state, self.dispatcher, self.registry, client)
+        core = ConnectionCore(transport, driver, self.shared, client)
         transport.core = core
         transport.drainer = self._drainer
-        client.push = transport.push  # pub/sub delivery from publishers' threads (server.frontends.pushes)
+        client.outlet = transport  # pub/sub delivery from publishers' threads (server.frontends.pushes)
         with self._connections_lock:
             self._connections[driver] = core
             self._threads.add(threading.current_thread())

@@ -4,8 +4,8 @@ A subscriber is a :class:`~server.store.state.ClientState` (any object with
 the :class:`Subscriber` attributes); the hub keeps
 its subscriptions on it (``channels``, ``patterns``, ``subscriptions``) so
 CLIENT LIST and the RESP2 subscribed-mode check read them without asking
-the hub. Delivery goes through one hook, ``client.push(data)``, set by the
-connection's driver: the hub hands it the message already encoded in that
+the hub. Delivery goes through one outlet, ``client.outlet.push(data)``, set by
+the connection's driver: the hub hands it the message already encoded in that
 client's protocol (RESP2 array or RESP3 push), each encoding made once per
 PUBLISH, so a message to N subscribers costs N hook calls and no task.
 
@@ -21,11 +21,21 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from server.protocol.reply import PushReply, encode_reply, encode_reply3
+
+
+class Outlet(Protocol):
+    """Where a connection's driver takes a pushed message: already-encoded bytes, sent on that connection.
+
+    The driver's own connection object (the asyncio core, the threaded socket transport), so a client
+    carries one reference and no bound method.
+    """
+
+    def push(self, data: bytes) -> None: ...
 
 
 class Subscriber(Protocol):
@@ -34,8 +44,8 @@ class Subscriber(Protocol):
     id: int
     #: The client's protocol (2 or 3): which encoding of a message it gets.
     resp: int
-    #: The driver's delivery hook: already-encoded bytes to send, or None where the driver has none.
-    push: Callable[[bytes], None] | None
+    #: The driver's delivery outlet, or None where the driver has none.
+    outlet: Outlet | None
     #: Subscribed channels and patterns, in subscription order (dicts used as ordered sets); None until the
     #: first subscription, so a client that never subscribes carries no dict.
     channels: dict[bytes, None] | None
@@ -128,7 +138,7 @@ class PubSubHub:
         """Deliver ``message`` to the channel's subscribers and the matching patterns'; return how many got it.
 
         A client subscribed to the channel and to a matching pattern gets it
-        once per subscription, as in Redis. A client without a push hook (a
+        once per subscription, as in Redis. A client without an outlet (a
         connection whose driver has none) is counted but sent nothing.
         """
         deliveries: list[tuple[ClientState, bytes]] = []
@@ -143,9 +153,9 @@ class PubSubHub:
                     deliveries += _encoded_for(matching.values(), [_PMESSAGE, pattern, channel, message])
             self.stats.messages_delivered += len(deliveries)
         for client, data in deliveries:
-            push = client.push
-            if push is not None:
-                push(data)
+            outlet = client.outlet
+            if outlet is not None:
+                outlet.push(data)
         return len(deliveries)
 
     # -- introspection (PUBSUB, INFO) --------------------------------------------------------

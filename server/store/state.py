@@ -14,14 +14,13 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from server.memory import MemoryAccount, resolve_maxmemory, rss_bytes
 from server.store.commandstats import CommandStatsTable
 from server.store.keyspace import Keyspace, LockedKeyspace
-from server.store.pubsub import PubSubHub
+from server.store.pubsub import Outlet, PubSubHub
 from server.store.slowlog import SlowLog
 
 if TYPE_CHECKING:
@@ -77,9 +76,9 @@ class ClientState:
     request_started: float = 0.0
     #: Since when replies have been waiting for the client to take them (set only when a write could not finish).
     output_since: float = 0.0
-    # Pub/sub (server.store.pubsub fills these): subscriptions, and the driver's hook that sends a pushed message.
-    #: Send already-encoded bytes to this client now (set by the connection's driver; None: no pub/sub delivery).
-    push: Callable[[bytes], None] | None = None
+    # Pub/sub (server.store.pubsub fills these): subscriptions, and the driver's outlet for a pushed message.
+    #: Sends already-encoded bytes to this client now (set by the connection's driver; None: no pub/sub delivery).
+    outlet: Outlet | None = None
     channels: dict[bytes, None] | None = None  # made on the first SUBSCRIBE: most clients never subscribe
     patterns: dict[bytes, None] | None = None
     #: Channels plus patterns subscribed: nonzero puts a RESP2 client in subscribed mode.

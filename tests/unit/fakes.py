@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from server.commands import default_registry
 from server.config import Config
-from server.connection.core import ConnectionCore, Job
+from server.connection.core import ConnectionCore, CoreShared, Job
 from server.store.state import ServerState
 
 
@@ -102,16 +102,10 @@ def make_core(config: Config | None = None, *, thread_safe: bool = False, loop: 
     jobs = FakeJobs()
     client = state.register_client("127.0.0.1:50000", "127.0.0.1:7379", -1)
     client.last_interaction = clock.now
-    core = ConnectionCore(
-        transport,
-        jobs,
-        state,
-        Dispatcher(registry, state),
-        registry,
-        client,
-        clock=clock,
-        defer=loop.call_soon if loop is not None else None,
+    shared = CoreShared(
+        state, Dispatcher(registry, state), registry, clock=clock, defer=loop.call_soon if loop is not None else None
     )
+    core = ConnectionCore(transport, jobs, shared, client)
     return Harness(core, transport, jobs, clock, state)
 
 

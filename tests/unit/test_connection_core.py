@@ -250,7 +250,7 @@ def test_quit_inside_a_big_read_drops_the_rest() -> None:
 def test_the_server_wide_output_budget_cuts_clients_that_do_not_keep_up() -> None:
     config = Config(output_budget=WRITE_BUFFER_HIGH_WATER * 6)
     first, second = make_core(config), make_core(config)
-    second.core.state = first.state  # two connections of one server
+    second.core.shared = first.core.shared  # two connections of one server
     for h in (first, second):
         h.transport.peer_reads = False
         h.core.pause_writing()

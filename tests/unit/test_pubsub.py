@@ -1,7 +1,7 @@
 """Pub/sub in-process: the hub's tables and encodings, Redis's glob, and delivery through the connection core.
 
 Cores run over the fakes of tests/unit/fakes.py, several on one server
-state, with ``client.push`` wired as the asyncio driver wires it.
+state, with ``client.outlet`` wired as the asyncio driver wires it.
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ from tests.unit.fakes import FakeJobs, FakeTransport, Harness, make_core
 
 
 def add_core(h: Harness) -> tuple[ConnectionCore, FakeTransport]:
-    """Another connection on the same server as ``h``, its push hook wired as a driver does."""
+    """Another connection on the same server as ``h``, its push outlet wired as a driver does."""
     transport = FakeTransport()
     client = h.state.register_client("127.0.0.1:50001", "127.0.0.1:7379", -1)
-    core = ConnectionCore(transport, FakeJobs(), h.state, h.core.dispatcher, h.core.ctx.registry, client, h.clock)
-    client.push = core.push
+    core = ConnectionCore(transport, FakeJobs(), h.core.shared, client)
+    client.outlet = core
     return core, transport
 
 
 def connected() -> tuple[Harness, ConnectionCore, FakeTransport]:
     """(publisher harness, subscriber core, subscriber transport)."""
     h = make_core()
-    h.core.client.push = h.core.push
+    h.core.client.outlet = h.core
     subscriber, transport = add_core(h)
     return h, subscriber, transport
 
@@ -76,7 +76,7 @@ def test_a_message_reaches_channel_and_pattern_subscribers_in_their_own_protocol
 
 def test_publishing_to_itself_puts_the_push_before_the_reply_in_one_write() -> None:
     h = make_core()
-    h.core.client.push = h.core.push
+    h.core.client.outlet = h.core
     h.core.data_received(b"HELLO 3\r\nSUBSCRIBE c\r\n")
     h.transport.writes.clear()
     h.core.data_received(b"PING\r\nPUBLISH c m\r\n")
@@ -147,7 +147,7 @@ def test_draining_below_the_soft_limit_restarts_its_period() -> None:
 
 def test_client_list_shows_subscriptions_and_reset_leaves_them() -> None:
     h = make_core()
-    h.core.client.push = h.core.push
+    h.core.client.outlet = h.core
     h.core.data_received(b"SUBSCRIBE a b\r\nPSUBSCRIBE x*\r\n")
     line = h.core.client.describe()
     assert " flags=P " in line and " sub=2 psub=1 " in line
