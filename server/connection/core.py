@@ -35,6 +35,7 @@ import structlog
 
 from server.commands import CommandContext, Dispatcher, Registry, RunCpu, Sleep
 from server.config import Config
+from server.connection.fairness import LoopShares
 from server.limits.constants import (
     FAIR_SHARE_BYTES,
     MAX_PENDING_REPLIES_PER_CLIENT,
@@ -110,7 +111,7 @@ class CoreShared:
     idle-connection memory row measures.
     """
 
-    __slots__ = ("clock", "config", "defer", "dispatcher", "registry", "small_output_limit", "state", "stats")
+    __slots__ = ("clock", "config", "dispatcher", "registry", "shares", "small_output_limit", "state", "stats")
 
     def __init__(
         self,
@@ -126,9 +127,10 @@ class CoreShared:
         self.dispatcher = dispatcher
         self.registry = registry
         self.clock = clock
-        #: Runs a callable on a later pass of the driver's loop (``loop.call_soon``); None where the driver has
-        #: no loop to share (a thread per connection): then a read is served whole.
-        self.defer = defer
+        #: Each loop pass shared among the connections with big reads; made from ``defer`` (``loop.call_soon``,
+        #: which runs a callable on the next pass). None where the driver has no loop to share (a thread per
+        #: connection): then a read is served whole.
+        self.shares = LoopShares(defer) if defer is not None else None
         #: An output cap at or below the transport's high-water mark can be passed without pause_writing.
         self.small_output_limit = self.config.output_buffer_limit <= WRITE_BUFFER_HIGH_WATER
 
@@ -216,24 +218,25 @@ class ConnectionCore:
             self._input = self._input[self._input_pos :] + data
             self._input_pos = 0
             return
-        if len(data) > FAIR_SHARE_BYTES and self.shared.defer is not None:
+        shares = self.shared.shares
+        if shares is None or (len(data) <= FAIR_SHARE_BYTES and shares.may_serve(len(data))):
+            self._serve(data)
+        else:  # served a slice per pass, in turn with the other connections that have input left
             self._input = data
             self._input_pos = 0
             self._paused_for_fairness = True
             self._update_reading()
-            self._serve_slice()
-        else:
-            self._serve(data)
+            shares.admit(self)
         if self._read_budget is not None and self.reading_done:
             self._read_budget = None
             self.reading_done = False
             self.stop_reading()
 
-    def _serve_slice(self) -> None:
-        """Serve the next FAIR_SHARE_BYTES of a big read; come back for the rest on the next pass."""
+    def serve_slice(self) -> bool:
+        """Serve the next FAIR_SHARE_BYTES of held input (server.connection.fairness); True while some is left."""
         data = self._input
         if data is None:
-            return
+            return False
         start = self._input_pos
         end = start + FAIR_SHARE_BYTES
         if end < len(data):
@@ -242,15 +245,14 @@ class ConnectionCore:
         else:
             self._input = None
             self._serve(data[start:] if start else data)
-        defer = self.shared.defer
-        if self._input is not None and not self.closed and not self.client.close_requested and defer is not None:
-            defer(self._serve_slice)
-            return
+        if self._input is not None and not self.closed and not self.client.close_requested:
+            return True
         self._input = None
         self._paused_for_fairness = False
         self._update_reading()
         if self.reading_done and not self._pending:
             self._close()
+        return False
 
     def _serve(self, data: bytes) -> None:
         """Parse every request in ``data``, answer what can be answered now, write once."""
@@ -384,6 +386,7 @@ class ConnectionCore:
     def connection_lost(self) -> None:
         """The transport is gone: cancel unfinished jobs (their replies are dropped), forget queued replies."""
         self.closed = self.reading_done = True
+        self._input = None  # a queued slice (server.connection.fairness) finds nothing to serve
         for item in self._pending or ():
             if item.__class__ is Job and item.reply is None:
                 self.jobs.cancel(item)

@@ -18,6 +18,21 @@ READ_CHUNK_SIZE = 64 * 1024
 #: hundred small requests, about a millisecond of work.
 FAIR_SHARE_BYTES = 16 * 1024
 
+#: Bytes of input served per event-loop pass across all connections once
+#: clients stream (server.connection.fairness): 16 slices of FAIR_SHARE_BYTES,
+#: a few milliseconds of parsing and replying in Python. Without a bound on
+#: the pass, 500 streaming clients made one pass 500 slices long (about half a
+#: second), and a new connection waited that long to be accepted, then as
+#: long again for its first reply. With it a pass ends within milliseconds
+#: however many clients stream; each streamer still gets its slice in turn.
+PASS_BUDGET_BYTES = 16 * FAIR_SHARE_BYTES
+
+#: A read at most this long is served at once even when the pass's budget is
+#: spent: a few requests of an interactive client (a PING, a GET) never wait
+#: behind the streamers' queue, and 1,000 such reads in one pass are still
+#: only 4 MB of work in the worst case.
+INTERACTIVE_READ_BYTES = 4 * 1024
+
 #: Requests from one connection whose replies are not yet written (waiting on
 #: a cpu job or a SLEEP ahead of them). Past this the front end stops reading
 #: that connection until replies go out: a client that pipelines thousands of
