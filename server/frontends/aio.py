@@ -36,7 +36,13 @@ from server.cpu.worker import run_cpu
 from server.errors import StartupError
 from server.frontends import tls
 from server.frontends.lifecycle import ServerBase, SignalPolicy
-from server.limits.constants import EXPIRE_SWEEP_INTERVAL, LISTEN_BACKLOG, READ_CHUNK_SIZE, WRITE_BUFFER_HIGH_WATER
+from server.limits.constants import (
+    EXPIRE_SWEEP_INTERVAL,
+    LISTEN_BACKLOG,
+    MAX_ACCEPTS_PER_EVENT,
+    READ_CHUNK_SIZE,
+    WRITE_BUFFER_HIGH_WATER,
+)
 from server.limits.resources import RateLimitedLog, clients_cron_interval, descriptors_exhausted
 from server.preflight import bind_error_message
 from server.protocol import encode_reply
@@ -142,6 +148,8 @@ class AsyncServer(ServerBase):
         #: on an accept error such as ENOBUFS/ENOMEM), so the cron can listen on it again (:meth:`_check_listeners`).
         self._listen_dups: list[socket.socket] = []
         self._relisten: asyncio.Task[None] | None = None
+        #: connect_accepted_socket tasks of connections taken from the listen queue (:meth:`_accept_backlog`).
+        self._accepting: set[asyncio.Task[object]] = set()
 
     async def start(self) -> None:
         """Size descriptors and load TLS, start the pool (pre-warmed, in a thread), bind, accept; log ``started``."""
@@ -170,6 +178,8 @@ class AsyncServer(ServerBase):
             raise StartupError(bind_error_message("--port", config.host, config.port, exc)) from None
         sockets = self._server.sockets or ()
         self._listen_dups = [socket.socket(fileno=os.dup(sock.fileno())) for sock in sockets]
+        for dup in self._listen_dups:
+            dup.setblocking(False)  # the listening socket is non-blocking already; say so to Python too
         self._tasks = [
             asyncio.create_task(self._every(EXPIRE_SWEEP_INTERVAL, self.state.keyspace.sweep_expired)),
             asyncio.create_task(self._every(clients_cron_interval(config), self._clients_cron)),
@@ -203,6 +213,41 @@ class AsyncServer(ServerBase):
         transport.set_protocol(connection)
         connection.connection_made(transport)
         self.connections.add(connection)
+        self._accept_backlog()
+
+    def _accept_backlog(self) -> None:
+        """Take the connections still in the listen queue now, up to MAX_ACCEPTS_PER_EVENT (Redis's habit).
+
+        uvloop accepts one connection per loop iteration; while passes are
+        long (clients streaming), a burst of clients would wait one pass each.
+        Each connection taken here goes through ``connect_accepted_socket``
+        with start_server's own protocol, so it reaches :meth:`_hand_over`
+        (and TLS, maxclients, protected mode) exactly as one uvloop accepted.
+        Error handling: any ``OSError`` from accept (nothing waiting, EMFILE)
+        ends the drain; uvloop's own accept path deals with the rest.
+        """
+        loop = asyncio.get_running_loop()
+        arguments = tls.start_server_arguments(self.ssl_context)
+        for listener in self._listen_dups:
+            for _ in range(MAX_ACCEPTS_PER_EVENT):
+                try:
+                    sock, _address = listener.accept()
+                except OSError:
+                    break
+                sock.setblocking(False)
+                task = loop.create_task(loop.connect_accepted_socket(self._stream_protocol, sock, **arguments))
+                self._accepting.add(task)
+                task.add_done_callback(self._accepted)
+
+    def _stream_protocol(self) -> asyncio.StreamReaderProtocol:
+        """The protocol asyncio.start_server makes per connection, calling :meth:`_hand_over` once connected."""
+        loop = asyncio.get_running_loop()
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=READ_CHUNK_SIZE, loop=loop), self._hand_over)
+
+    def _accepted(self, task: asyncio.Task[object]) -> None:
+        self._accepting.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # a client gone at once, a failed TLS handshake
+            log.debug("accepted_connection_failed", error=str(task.exception()))
 
     async def _every(self, interval: float, tick: object) -> None:
         while True:

@@ -55,6 +55,13 @@ EXPIRE_SWEEP_INTERVAL = 0.1
 #: (the kernel clips a larger value to it), Redis's own default is 511.
 LISTEN_BACKLOG = 4096
 
+#: Connections the asyncio front end takes from the listen queue at once
+#: when uvloop hands it one. uvloop (libuv) accepts one connection per loop
+#: iteration: with passes of milliseconds, 500 clients connecting together
+#: waited seconds to be accepted. Redis accepts up to 1000 per event
+#: (MAX_ACCEPTS_PER_CALL); so do we.
+MAX_ACCEPTS_PER_EVENT = 1000
+
 # -- connection limits and descriptor exhaustion (issue 5) ----------------------------------------------------------
 
 #: Descriptors kept free beyond one per client when the open-file limit is sized for maxclients. 32 is Redis's
