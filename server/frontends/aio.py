@@ -41,6 +41,7 @@ from server.limits.constants import (
     LISTEN_BACKLOG,
     MAX_ACCEPTS_PER_EVENT,
     READ_CHUNK_SIZE,
+    SHUTDOWN_ABORT_GRACE,
     WRITE_BUFFER_HIGH_WATER,
 )
 from server.limits.resources import RateLimitedLog, clients_cron_interval, descriptors_exhausted
@@ -300,7 +301,9 @@ class AsyncServer(ServerBase):
         log.info("stopping", connections=len(self.connections), timeout=self.config.shutdown_timeout)
         if self._server is not None:
             self._server.close()
-        for task in self._tasks:
+        for dup in self._listen_dups:  # the kernel socket lives while a dup is open: close it, stop the handshakes
+            dup.close()
+        for task in (*self._tasks, *self._accepting):
             task.cancel()
         connections = list(self.connections)
         for connection in connections:
@@ -312,12 +315,14 @@ class AsyncServer(ServerBase):
                 log.warning("shutdown_timeout_closing", connections=len(not_done))
                 for connection in list(self.connections):
                     connection.transport.abort()
-                await asyncio.wait(not_done, timeout=1.0)
+        # What is left (aborted transports reporting connection_lost, the server's own close) shares one grace.
+        loop = asyncio.get_running_loop()
+        grace_ends = loop.time() + SHUTDOWN_ABORT_GRACE
+        if waiters:
+            await asyncio.wait(waiters, timeout=SHUTDOWN_ABORT_GRACE)
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
-        for dup in self._listen_dups:
-            dup.close()
+                await asyncio.wait_for(self._server.wait_closed(), timeout=max(0.0, grace_ends - loop.time()))
         await asyncio.to_thread(self.stop_services)
 
 

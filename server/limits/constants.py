@@ -62,6 +62,11 @@ LISTEN_BACKLOG = 4096
 #: (MAX_ACCEPTS_PER_CALL); so do we.
 MAX_ACCEPTS_PER_EVENT = 1000
 
+#: Seconds the asyncio front end waits, past --shutdown-timeout, for the
+#: connections it aborted to report closed and for its listener to close,
+#: all together: the process exits within the timeout plus about this.
+SHUTDOWN_ABORT_GRACE = 1.0
+
 # -- connection limits and descriptor exhaustion (issue 5) ----------------------------------------------------------
 
 #: Descriptors kept free beyond one per client when the open-file limit is sized for maxclients. 32 is Redis's
