@@ -155,6 +155,8 @@ class ThreadedServer(ServerBase):
             connections = dict(self._connections)
             threads = set(self._threads)
         log.info("stopping", connections=len(connections), timeout=self.config.shutdown_timeout)
+        # From the signal, not from when the accept loop has stopped: that wait is part of the timeout too.
+        deadline = time.monotonic() + self.config.shutdown_timeout
         self._stop.set()
         if self._tcp is not None:
             self._tcp.shutdown()
@@ -162,7 +164,6 @@ class ThreadedServer(ServerBase):
         for driver in connections:
             driver.stop_requested = True
             with_shutdown_rd(driver.transport.sock)  # wakes a thread blocked in recv(); replies still go out
-        deadline = time.monotonic() + self.config.shutdown_timeout
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         with self._connections_lock:
