@@ -8,6 +8,7 @@ never parse RESP on their own.
 from __future__ import annotations
 
 import enum
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -144,6 +145,29 @@ def hello_refused(reply: Any) -> bool:
     if not isinstance(reply, ErrorReply):
         return False
     return reply.code in ("NOPROTO", "NOAUTH") or (reply.code == "ERR" and "unknown command" in reply)
+
+
+#: The opening exchange without I/O: yields each request to send, takes its reply, returns the protocol in use.
+Handshake = Generator[bytes, Any, int]
+
+
+def handshake(hello: bytes | None, auth: bytes | None) -> Handshake:
+    """What a client sends right after connecting and what it makes of the replies; both clients drive this one.
+
+    With ``hello`` (RESP3 asked for): ``HELLO 3``, which carries the AUTH; a
+    server that refuses it in a way that leaves the connection usable
+    (:func:`hello_refused`) gets RESP2 and a plain AUTH instead. Without:
+    AUTH when a password is set. Returns 3 after an accepted HELLO, else 2.
+    Error handling: any other refusal of HELLO or AUTH raises :class:`ReplyError`.
+    """
+    if hello is not None:
+        reply = yield hello
+        if not hello_refused(reply):
+            check_reply(reply)
+            return 3
+    if auth is not None:
+        check_reply((yield auth))
+    return 2
 
 
 @dataclass(frozen=True)

@@ -73,8 +73,8 @@ from clients._core import (
     auth_payload,
     check_protocol,
     check_reply,
+    handshake,
     hello_payload,
-    hello_refused,
     make_parser,
     protocol_after,
     refuse_subscription,
@@ -334,17 +334,13 @@ class AsyncClient:
         except OSError as exc:
             raise ConnectFailedError(f"could not connect to {self.host}:{self.port}: {exc}") from exc
         self._protocol = protocol
+        steps = handshake(self._hello, self._auth)
         try:
-            auth = self._auth
-            if self._hello is not None:
-                reply = await self._send(self._hello, self.connect_timeout)
-                if hello_refused(reply):
-                    self.protocol = 2
-                else:
-                    check_reply(reply)
-                    auth = None  # HELLO carried it
-            if auth is not None:
-                check_reply(await self._send(auth, self.connect_timeout))
+            request = next(steps)
+            while True:
+                request = steps.send(await self._send(request, self.connect_timeout))
+        except StopIteration as done:
+            self.protocol = done.value
         except BaseException:
             await self.close()
             raise

@@ -81,8 +81,8 @@ from clients._core import (
     auth_payload,
     check_protocol,
     check_reply,
+    handshake,
     hello_payload,
-    hello_refused,
     make_parser,
     protocol_after,
     refuse_subscription,
@@ -163,16 +163,13 @@ class Client:
         auth = auth_payload(username, password)
         hello = hello_payload(username, password) if self.protocol == 3 else None
         self._connect(connect_timeout)
+        steps = handshake(hello, auth)
         try:
-            if hello is not None:
-                reply = self._transact(hello, 1, connect_timeout)[0]
-                if hello_refused(reply):
-                    self.protocol = 2
-                else:
-                    check_reply(reply)
-                    auth = None  # HELLO carried it
-            if auth is not None:
-                check_reply(self._transact(auth, 1, connect_timeout)[0])
+            request = next(steps)
+            while True:
+                request = steps.send(self._transact(request, 1, connect_timeout)[0])
+        except StopIteration as done:
+            self.protocol = done.value
         except BaseException:
             self.close()
             raise
