@@ -94,7 +94,10 @@ def test_asking_for_the_compiled_core_where_it_is_not_loadable_fails() -> None:
     environment = {**os.environ, CORE_ENV: "mypyc"}
     code = STALE_RECORD.format(modules=MODULES, stale="server.commands.dispatch") + "import server"
     result = subprocess.run(
-        [sys.executable, "-c", "import sys\n" + code], capture_output=True, text=True, env=environment,
+        [sys.executable, "-c", "import sys\n" + code],
+        capture_output=True,
+        text=True,
+        env=environment,
         timeout=CHILD_TIMEOUT,
     )
     assert result.returncode != 0
