@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # The compiled core (setup.py, server/protocol/core_modules.py): rebuilt whenever one of its sources changes.
 CORE_STAMP := $(VENV)/.core-built
 CORE_SOURCES := setup.py server/protocol/core_modules.py server/protocol/request_parser.py server/protocol/reply_parser.py \
-	server/commands/dispatch.py server/store/commandstats.py
+	server/commands/dispatch.py server/store/commandstats.py server/store/keyspace.py server/memory.py
 
 .PHONY: install run test lint bench clean
 
@@ -50,4 +50,4 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
-	rm -f server/protocol/*.so server/commands/*.so server/store/*.so server/protocol/_core_build.py
+	rm -f server/*.so server/protocol/*.so server/commands/*.so server/store/*.so server/protocol/_core_build.py
