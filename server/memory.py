@@ -53,7 +53,7 @@ MAXMEMORY_AUTO = -1
 #: A cgroup v1 limit at or above this is "no limit" (the kernel reports LONG_MAX rounded to a page).
 _CGROUP_UNLIMITED = 1 << 60
 
-#: Annotated as any length: compiled (setup.py), a module global keeps its declared type, and the tests put one file here.
+#: Any length: compiled (setup.py), a module global keeps its declared type, and the tests put one file here.
 _CGROUP_FILES: tuple[Path, ...] = (
     Path("/sys/fs/cgroup/memory.max"),
     Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
