@@ -18,10 +18,10 @@ from server.store.state import ServerState
 def test_inlined_slot_matches_histogram_slot(monkeypatch: pytest.MonkeyPatch, core: str, elapsed_ns: int) -> None:
     dispatch = AVAILABLE[core].dispatch
     state = ServerState(Config(slowlog_threshold_ms=1e9), thread_safe=False)
+    clock = itertools.chain([1_000, 1_000 + elapsed_ns], itertools.repeat(1_000 + elapsed_ns))
+    monkeypatch.setattr(dispatch, "_perf_counter_ns", lambda: next(clock))  # the clock a Dispatcher takes when made
     dispatcher = dispatch.Dispatcher(registry, state)
     ctx = CommandContext(state, state.register_client("127.0.0.1:1", "127.0.0.1:2", -1), registry)
-    clock = itertools.chain([1_000, 1_000 + elapsed_ns], itertools.repeat(1_000 + elapsed_ns))
-    monkeypatch.setattr(dispatch, "_perf_counter_ns", lambda: next(clock))
     assert dispatcher.execute(ctx, [b"PING"]) == b"+PONG\r\n"
     counts = state.command_stats.by_name["ping"].histogram
     assert [slot for slot, count in enumerate(counts) if count] == [histogram_slot(elapsed_ns)]
