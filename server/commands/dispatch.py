@@ -4,10 +4,12 @@ This is the part of command execution the two front ends share. It has no
 I/O: it returns encoded reply bytes, or an :mod:`~server.commands.actions`
 instruction that the front end carries out (wait, run on the cpu executor).
 
-It is the per-request path, so ``setup.py`` compiles it with mypyc (with
-:mod:`server.store.commandstats`, in one group, so the counters are native
-objects to it); :mod:`server.protocol.cores` runs this same source
-interpreted where it was not built or ``CROSSDOCK_CORE=pure``. What a request
+It is the per-request path, so ``setup.py`` compiles it with mypyc, in one
+group with the objects it touches on every request (the counters, the
+keyspace, the memory account, the server and client state: see
+:mod:`server.protocol.core_modules`), so they are native objects to it;
+:mod:`server.protocol.cores` runs this same source interpreted where it was
+not built or ``CROSSDOCK_CORE=pure``. What a request
 needs of its command (arity, flags, counters) is read once per spelling into
 an :class:`_Entry`, whose fields the compiled code reads as C struct fields.
 """
