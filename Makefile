@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 # The compiled core (setup.py, server/protocol/core_modules.py): rebuilt whenever one of its sources changes.
 CORE_STAMP := $(VENV)/.core-built
 CORE_SOURCES := setup.py server/protocol/core_modules.py server/protocol/request_parser.py server/protocol/reply_parser.py \
-	server/commands/dispatch.py server/store/commandstats.py server/store/keyspace.py server/memory.py server/store/state.py
+	server/commands/dispatch.py server/store/commandstats.py server/store/keyspace.py server/memory.py server/store/state.py \
+	server/commands/builtins.py
 
 .PHONY: install run test lint bench clean
 

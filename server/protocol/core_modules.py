@@ -17,8 +17,9 @@ GROUPS = (
     (None, ("server.protocol.request_parser",)),
     (None, ("server.protocol.reply_parser",)),
     # The per-request path past the parser: the dispatcher, the per-command counters it bumps, the keyspace its
-    # hot commands read and write, the memory account it checks and the server and client state it counts into,
-    # in one group, so that each is a native object (C struct fields, direct calls) to the others.
+    # hot commands read and write, the memory account it checks, the server and client state it counts into, and
+    # the built-in handlers it calls (GET, SET, PING...), in one group, so that each is a native object (C struct
+    # fields, direct calls) to the others.
     (
         "server._dispatch_core",
         (
@@ -27,6 +28,7 @@ GROUPS = (
             "server.store.keyspace",
             "server.memory",
             "server.store.state",
+            "server.commands.builtins",
         ),
     ),
 )
