@@ -6,9 +6,11 @@ endif
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The compiled parser core (setup.py): rebuilt whenever its source changes.
+# The compiled core (setup.py, server/protocol/core_modules.py): rebuilt whenever one of its sources changes.
 CORE_STAMP := $(VENV)/.core-built
-CORE_SOURCES := setup.py server/protocol/request_parser.py server/protocol/reply_parser.py
+CORE_SOURCES := setup.py server/protocol/core_modules.py server/protocol/request_parser.py server/protocol/reply_parser.py \
+	server/commands/dispatch.py server/store/commandstats.py server/store/keyspace.py server/memory.py server/store/state.py \
+	server/commands/builtins.py
 
 .PHONY: install run test lint bench clean
 
@@ -25,7 +27,7 @@ $(STAMP): pyproject.toml
 # Without a C compiler (or with CROSSDOCK_NO_EXTENSIONS=1) this installs the pure core only: the extensions are optional.
 $(CORE_STAMP): $(STAMP) $(CORE_SOURCES)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
-	$(BIN)/python -c "import server.protocol as p; print('parser core:', p.CORE)"
+	$(BIN)/python -c "import server.protocol as p; print('compiled core:', p.CORE)"
 	touch $(CORE_STAMP)
 
 run: install
@@ -49,4 +51,4 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
-	rm -f server/protocol/*.so server/protocol/_core_build.py
+	rm -f server/*.so server/protocol/*.so server/commands/*.so server/store/*.so server/protocol/_core_build.py

@@ -29,6 +29,9 @@ pipelined-      redis-benchmark -t set,get -c 50 -P 16 (issue 14)            >= 
 keyspace
 keyspace-p5     redis-benchmark -t set,get -c 50 -P 5 (issue 14; pydis's     >= 0.65x
                 setting)
+generator-      crossdock loadtest -s ping -c 50 --pipeline 16 against       >= 0.8x redis-benchmark's
+pipelined       redis-server vs redis-benchmark -t ping_mbulk -c 50 -P 16    rate
+                against the same redis-server (issue 14)
 ==============  ===========================================================  ==========================
 
 How: each row starts its two sides (crossdock in the row's mode, and the
@@ -117,6 +120,7 @@ ROWS: Final = (
     # Issue 14's rows beyond issue 7's table.
     "pipelined-keyspace",
     "keyspace-p5",
+    "generator-pipelined",
 )
 
 #: The issue asks for medians of at least 5 runs.
@@ -513,6 +517,82 @@ def loadtest(
 def loadtest_text(scenario: str, connections: int, duration: float, work: int | None = None) -> str:
     worked = f" --work {work}" if work is not None else ""
     return f"crossdock loadtest -s {scenario} -c {connections} -d {duration:g}{worked}"
+
+
+#: The generator row's connections and pipeline depth: redis-benchmark's -c 50 -P 16, as the pipelined row.
+GENERATOR_CONNECTIONS: Final = 50
+GENERATOR_PIPELINE: Final = 16
+
+
+def generator_row(ctx: Context, requests: int) -> Row:
+    """The load generator against redis-benchmark, both driving one redis-server (issue 14).
+
+    Here the server is the baseline and the generators are measured: one
+    redis-server, pinned as crossdock is in the other rows, serves both sides;
+    each generator runs on the generator CPUs (``crossdock loadtest`` in as
+    many processes as there are of them, redis-benchmark under ``taskset``)
+    with the same connections, pipeline depth and request count.
+    """
+    connections, pipeline = GENERATOR_CONNECTIONS, GENERATOR_PIPELINE
+    figure = Figure(
+        key="generator-pipelined",
+        row="generator-pipelined",
+        title=f"load generator at --pipeline {pipeline} (PING)",
+        command=f"crossdock loadtest -s ping -c {connections} -n {requests} --pipeline {pipeline}",
+        unit="/s",
+        crossdock_side="crossdock loadtest",
+        baseline_side="redis-benchmark",
+        target=Target(">= 0.8x redis-benchmark's rate against the same redis-server", ratio_at_least=0.8),
+        note=f"both against one redis-server on CPU {list(ctx.server_cpus)}; redis-benchmark side: "
+        f"{_benchmark_text(['ping_mbulk'], connections, requests, pipeline)}",
+    )
+    shared = _SharedServer(lambda: start_redis(ctx.server_cpus))
+
+    def ours(server: RunningServer | None) -> list[Sample]:
+        assert server is not None
+        config = LoadConfig(
+            scenario=parse_scenario("ping"),
+            port=server.port,
+            connections=connections,
+            processes=ctx.processes,
+            pipeline=pipeline,
+            requests=requests,
+            cpus=ctx.generator_cpus,
+        )
+        report = run_loadtest(config)
+        report.pop("timeline", None)
+        return [Sample(figure.key, report["throughput_rps"], report, [] if report["ok"] else list(report["problems"]))]
+
+    def theirs(server: RunningServer | None) -> list[Sample]:
+        assert server is not None
+        run = run_redis_benchmark(server.port, ["ping_mbulk"], connections, requests, pipeline, ctx.generator_cpus)
+        return [Sample(figure.key, run.rps.get(label_of("ping_mbulk")), run.as_dict(), list(run.problems))]
+
+    sides = (Side("crossdock loadtest", shared.start, ours), Side("redis-benchmark", shared.start, theirs))
+    return Row("generator-pipelined", [figure], sides)
+
+
+class _SharedServer:
+    """One server for both sides of a row: started by the first side that enters, stopped when both left."""
+
+    def __init__(self, start: Callable[[], contextlib.AbstractContextManager[RunningServer]]) -> None:
+        self._start = start
+        self._stack = contextlib.ExitStack()
+        self._server: RunningServer | None = None
+        self._users = 0
+
+    @contextlib.contextmanager
+    def start(self) -> Iterator[RunningServer | None]:
+        if self._server is None:
+            self._server = self._stack.enter_context(self._start())
+        self._users += 1
+        try:
+            yield self._server
+        finally:
+            self._users -= 1
+            if not self._users:
+                self._server = None
+                self._stack.close()
 
 
 def memory_row(ctx: Context) -> Row:
@@ -940,6 +1020,8 @@ def build_row(ctx: Context, name: str) -> Row:
         target = Target(">= 0.65x Redis", ratio_at_least=0.65)
         requests = s.keyspace_requests * 2  # per test: ~2 s of crossdock each
         return benchmark_row(ctx, name, "keyspace at -P 5", ["set", "get"], 50, requests, 5, target)
+    if name == "generator-pipelined":
+        return generator_row(ctx, s.pipelined_requests)
     if name == "connections":
         target = Target(">= 0.7x Redis, no errors", ratio_at_least=0.7)
         count = s.many_connections

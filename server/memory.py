@@ -53,7 +53,11 @@ MAXMEMORY_AUTO = -1
 #: A cgroup v1 limit at or above this is "no limit" (the kernel reports LONG_MAX rounded to a page).
 _CGROUP_UNLIMITED = 1 << 60
 
-_CGROUP_FILES = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+#: Any length: compiled (setup.py), a module global keeps its declared type, and the tests put one file here.
+_CGROUP_FILES: tuple[Path, ...] = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
 
 #: Redis's memtoull units: k/m/g are powers of 1000, kb/mb/gb powers of 1024, case-insensitive.
 _UNITS = {

@@ -3,13 +3,22 @@
 This is the part of command execution the two front ends share. It has no
 I/O: it returns encoded reply bytes, or an :mod:`~server.commands.actions`
 instruction that the front end carries out (wait, run on the cpu executor).
+
+It is the per-request path, so ``setup.py`` compiles it with mypyc, in one
+group with the objects it touches on every request (the counters, the
+keyspace, the memory account, the server and client state: see
+:mod:`server.protocol.core_modules`), so they are native objects to it;
+:mod:`server.protocol.cores` runs this same source interpreted where it was
+not built or ``CROSSDOCK_CORE=pure``. What a request
+needs of its command (arity, flags, counters) is read once per spelling into
+an :class:`_Entry`, whose fields the compiled code reads as C struct fields.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
@@ -17,7 +26,7 @@ from server import security
 from server.commands.actions import Action, RunCpu, Sleep
 from server.commands.auth import NOAUTH
 from server.commands.pubsub import SUBSCRIBED_MODE_COMMANDS, subscribed_mode_error
-from server.commands.registry import Command, CommandError, Kind, Registry
+from server.commands.registry import MAX_CACHED_SPELLINGS, Command, CommandError, Kind, Registry
 from server.memory import OOM_ERROR
 from server.protocol import ProtocolError, RequestParser
 from server.protocol.reply import NULL_BULK, RESP3_NULL, RawReply, encode_error, encode_reply, encode_reply3
@@ -25,13 +34,24 @@ from server.store.commandstats import LINEAR_LIMIT_BITS, SUB_BUCKET_BITS, SUB_MA
 
 if TYPE_CHECKING:
     from server.commands.context import CommandContext
-    from server.store.state import ClientState, ServerState
+    from server.memory import MemoryAccount
+    from server.store.keyspace import Keyspace
+    from server.store.state import ClientState, ServerState, Stats
 
 log = structlog.get_logger("crossdock.commands")
 
-#: Bound once: the request path reads the clock twice per inline command.
+#: The clock a Dispatcher reads twice per inline command (taken when it is made; tests put a fake one here).
 _perf_counter_ns = time.perf_counter_ns
-_CPU = Kind.CPU
+# Final: compiled, these are C globals rather than a lookup in the module's dict per request.
+_RAW_REPLY: Final = RawReply
+_BYTES: Final = bytes
+_NULL_BULK: Final = NULL_BULK
+_CRLF: Final = b"\r\n"
+#: Bulk reply headers (``$5\r\n``) made once for the lengths most values have: a 16-byte value is typical of
+#: caches and counters, 512 covers session tokens and small JSON; longer ones pay a format (their copy dominates).
+_BULK_HEADERS_CACHED: Final = 512
+_BULK_HEADERS: Final = [b"$%d\r\n" % size for size in range(_BULK_HEADERS_CACHED)]
+_RESP3_NULL: Final = RESP3_NULL
 
 #: Redis quotes at most 128 characters of the unknown name and of its arguments.
 UNKNOWN_COMMAND_QUOTE_LIMIT = 128
@@ -40,6 +60,8 @@ _NOAUTH_REPLY = encode_error(NOAUTH)
 _OOM_REPLY = encode_error(OOM_ERROR)
 #: The registry flag of commands that may grow memory (Redis's ``denyoom``): refused with -OOM past maxmemory.
 DENYOOM = "denyoom"
+#: The registry flag of commands a client may send before AUTH (server.commands.auth.NO_AUTH_FLAGS).
+NO_AUTH = "no_auth"
 #: Written for an HTTP request (POST / Host:) before the close: nothing, as Redis writes nothing.
 _NO_REPLY = b""
 
@@ -89,6 +111,27 @@ def subcommand_name(command: Command, sub: bytes) -> str:
     return f"{command.name}|{lowered}" if lowered in command.subcommands else command.name
 
 
+class _Entry:
+    """What the request path needs of one command, read once from its :class:`Command` and kept per spelling.
+
+    The flags become booleans and the counters are held here, so a request
+    costs one dict lookup for all of it (RESETSTAT zeroes the counters in place).
+    """
+
+    def __init__(self, command: Command, counters: CommandStats) -> None:
+        self.command = command
+        self.name: str = command.name
+        self.kind: str = command.kind.value
+        self.arity: int = command.arity
+        self.cpu: bool = command.kind is Kind.CPU
+        self.handler: Callable[[CommandContext, list[bytes]], Any] = command.handler
+        self.has_subcommands: bool = bool(command.subcommands)
+        self.no_auth: bool = NO_AUTH in command.flags
+        self.denyoom: bool = DENYOOM in command.flags
+        self.subscribed_ok: bool = command.name in SUBSCRIBED_MODE_COMMANDS
+        self.counters = counters
+
+
 class Dispatcher:
     """Executes requests against a registry for one server."""
 
@@ -97,14 +140,27 @@ class Dispatcher:
         self.server = server
         threshold_ms = server.config.slowlog_threshold_ms
         #: Redis's slowlog-log-slower-than: a negative threshold turns the slow log off.
-        self._slow_ns = int(threshold_ms * 1_000_000) if threshold_ms >= 0 else SLOW_LOG_OFF
-        self._stats = server.stats
+        self._slow_ns: int = int(threshold_ms * 1_000_000) if threshold_ms >= 0 else SLOW_LOG_OFF
+        self._stats: Stats = server.stats
         self._lookup = registry.lookup
         self._table = server.command_stats
-        #: The table's dict itself: one lookup per request (RESETSTAT zeroes its entries in place).
-        self._by_name = server.command_stats.by_name
-        self._memory = server.memory
-        self._dataset = server.keyspace
+        self._memory: MemoryAccount = server.memory
+        #: An attribute, not the module global: compiled, a global is a dict lookup on each of two reads per request.
+        self._clock: Callable[[], int] = _perf_counter_ns
+        self._dataset: Keyspace = server.keyspace
+        #: Each spelling of a command name clients sent (``GET``, ``get``) -> its entry; bounded as the registry's
+        #: own spelling cache is. Only found commands are kept, and a registered command is never replaced.
+        self._entries: dict[bytes, _Entry] = {}
+
+    def _entry(self, spelling: bytes) -> _Entry | None:
+        """The entry of the command called ``spelling`` (any case), made and kept on its first request."""
+        command = self._lookup(spelling)
+        if command is None:
+            return None
+        entry = _Entry(command, self._table.get(command.name, command.kind.value))
+        if len(self._entries) < MAX_CACHED_SPELLINGS:
+            self._entries[spelling] = entry
+        return entry
 
     def execute(self, ctx: CommandContext, args: list[bytes]) -> bytes | Action:
         """Run one request. Returns encoded reply bytes, or an action for the front end.
@@ -129,30 +185,33 @@ class Dispatcher:
         """
         stats = self._stats
         stats.total_commands_processed += 1
-        command = self._lookup(args[0])
+        entry = self._entries.get(args[0])
+        if entry is None:
+            entry = self._entry(args[0])
         client = ctx.client
-        if command is None:
+        if entry is None:
             if security.is_http_request(args[0]):
                 security.log_security_attack(client.addr)
                 client.close_requested = True
                 return _NO_REPLY
             stats.total_error_replies += 1
             return encode_error(unknown_command_error(args))
-        name = command.name
-        if command.subcommands and len(args) > 1:
-            name = subcommand_name(command, args[1])
+        name = entry.name
+        counters = entry.counters
+        if entry.has_subcommands and len(args) > 1:
+            name = subcommand_name(entry.command, args[1])
+            counters = self._table.get(name, entry.kind)
         client.last_command = name  # CLIENT LIST's cmd=, Redis's full name (client|info)
-        counters = self._by_name.get(name) or self._table.get(name, command.kind.value)
-        arity = command.arity
+        arity = entry.arity
         if (len(args) != arity) if arity >= 0 else (len(args) < -arity):  # Redis arity: exact, or -N = at least N
             stats.total_error_replies += 1
             counters.rejected += 1
-            return encode_error(wrong_arity_error(command.name))
-        if not client.authenticated and "no_auth" not in command.flags:
+            return encode_error(wrong_arity_error(entry.name))
+        if not entry.no_auth and not client.authenticated:
             stats.total_error_replies += 1
             counters.rejected += 1  # Redis: NOAUTH is a rejected call of the command
             return _NOAUTH_REPLY
-        if client.subscriptions and client.resp == 2 and command.name not in SUBSCRIBED_MODE_COMMANDS:
+        if not entry.subscribed_ok and client.subscriptions and client.resp == 2:
             stats.total_error_replies += 1
             counters.rejected += 1  # Redis: a rejected call, like NOAUTH
             return encode_error(subscribed_mode_error(name))
@@ -161,23 +220,23 @@ class Dispatcher:
         if (
             self._dataset.used_bytes + memory.client_output_bytes > memory.bound
             and not memory.make_room()
-            and DENYOOM in command.flags
+            and entry.denyoom
         ):
             stats.total_error_replies += 1
             counters.rejected += 1  # Redis: an OOM refusal is a rejected call
             return _OOM_REPLY
-        started = _perf_counter_ns()
-        if command.kind is _CPU:
+        started: int = self._clock()
+        if entry.cpu:
             try:
-                converted = command.convert_args(args)
+                converted = entry.command.convert_args(args)
             except CommandError as exc:
                 stats.total_error_replies += 1
                 self._count_failure(counters, started, exc.message, ctx, args)
                 return encode_error(exc.message)
             stats.total_cpu_commands += 1
-            return RunCpu(name, command.handler, converted, args)
+            return RunCpu(name, entry.handler, converted, args)
         try:
-            result = command.handler(ctx, args)
+            result = entry.handler(ctx, args)
         except CommandError as exc:
             stats.total_error_replies += 1
             self._count_failure(counters, started, exc.message, ctx, args)
@@ -185,9 +244,9 @@ class Dispatcher:
         except Exception:
             stats.total_error_replies += 1
             self._count_failure(counters, started, "ERR", ctx, args)
-            log.warning("command_failed", command=command.name, client_id=client.id, exc_info=True)
-            return encode_error(f"ERR internal error while running '{command.name}'")
-        elapsed = _perf_counter_ns() - started
+            log.warning("command_failed", command=entry.name, client_id=client.id, exc_info=True)
+            return encode_error(f"ERR internal error while running '{entry.name}'")
+        elapsed: int = self._clock() - started
         counters.ns += elapsed
         bits = elapsed.bit_length()  # server.store.commandstats.histogram_slot, inlined
         counters.histogram[
@@ -197,17 +256,21 @@ class Dispatcher:
         ] += 1
         if elapsed >= self._slow_ns:
             self.note_slow(name, elapsed, client, args)
-        if result.__class__ is RawReply:  # constants such as +PONG and +OK: already encoded, the same in RESP3...
-            return result if result is not NULL_BULK or client.resp == 2 else RESP3_NULL  # ...but for the null
-        if result.__class__ is bytes:  # a bulk string (GET, ECHO): encode_reply's first case, inlined
-            return b"$%d\r\n%b\r\n" % (len(result), result)
+        cls = result.__class__
+        if cls is _RAW_REPLY:  # constants such as +PONG and +OK: already encoded, the same in RESP3...
+            return result if result is not _NULL_BULK or client.resp == 2 else _RESP3_NULL  # ...but for the null
+        if cls is _BYTES:  # a bulk string (GET, ECHO): encode_reply's first case, inlined
+            size = len(result)
+            if size < _BULK_HEADERS_CACHED:  # one join, no %-formatting (a generic call, compiled or not)
+                return b"".join((_BULK_HEADERS[size], result, _CRLF))
+            return b"$%d\r\n%b\r\n" % (size, result)
         if isinstance(result, Sleep):
             return result
         try:
             return encode_reply(result) if client.resp == 2 else encode_reply3(result)
         except TypeError:
-            log.warning("reply_not_encodable", command=command.name, exc_info=True)
-            return encode_error(f"ERR internal error while running '{command.name}'")
+            log.warning("reply_not_encodable", command=entry.name, exc_info=True)
+            return encode_error(f"ERR internal error while running '{entry.name}'")
 
     def _count_failure(
         self, counters: CommandStats, started_ns: int, message: str, ctx: CommandContext, args: list[bytes]
@@ -216,7 +279,7 @@ class Dispatcher:
         if message.startswith(WRONG_ARITY_PREFIX):
             counters.rejected += 1
             return
-        elapsed = time.perf_counter_ns() - started_ns
+        elapsed = self._clock() - started_ns
         counters.record(elapsed)
         counters.failed += 1
         if elapsed >= self._slow_ns:

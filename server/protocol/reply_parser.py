@@ -101,9 +101,11 @@ class ReplyParser:
         "_buf",
         "_decode",
         "_error",
+        "_need",
         "_pos",
         "_scan",
         "_stack",
+        "_view",
     )
 
     def __init__(self, decode: bool = False) -> None:
@@ -111,6 +113,10 @@ class ReplyParser:
         self._buf = bytearray()
         self._pos = 0
         self._scan = 0  # no CRLF in the current line before this index
+        #: Bytes the buffer must hold before the reply at _pos can be complete (a bulk's data); 0: unknown.
+        self._need = 0
+        #: An immutable copy of _buf, made once per feed when there is something to parse (see _parse_one).
+        self._view: bytes | None = None
         # Aggregates being filled, outermost first: (items, elements expected, type byte).
         self._stack: list[tuple[list[object], int, int]] = []
         self._error: ProtocolError | None = None
@@ -129,7 +135,9 @@ class ReplyParser:
             del self._buf[:pos]
             self._pos = 0
             self._scan -= pos
+            self._need -= pos
         self._buf += data
+        self._view = None
 
     def next_reply(self) -> object:
         """Return the next complete reply, or :data:`NOT_ENOUGH_DATA`.
@@ -144,6 +152,7 @@ class ReplyParser:
         except ProtocolError as exc:
             self._error = exc
             self._buf = bytearray()
+            self._view = None
             self._pos = 0
             self._stack = []
             raise
@@ -155,9 +164,21 @@ class ReplyParser:
 
         Error handling: raises :class:`ProtocolError` for anything outside strict RESP2/RESP3.
         """
-        buf = self._buf
-        n = len(buf)
         p = self._pos
+        buf = self._view
+        if buf is None:
+            held = self._buf
+            n = len(held)
+            if n < self._need:
+                return NOT_ENOUGH_DATA  # still waiting for a bulk's data: nothing to copy or parse yet
+            if self._scan > p and held.find(_CRLF, self._scan) < 0:
+                self._scan = max(p, n - 1)  # the line searched before still has no end: no copy either
+                return NOT_ENOUGH_DATA
+            # The grammar reads an immutable copy, made once per feed: compiled, indexing and slicing bytes
+            # are C primitives where a bytearray's go through the generic object protocol.
+            buf = self._view = bytes(held)
+            self._need = 0
+        n = len(buf)
         stack = self._stack
         try:
             while True:
@@ -206,17 +227,18 @@ class ReplyParser:
                         end = start + length
                         if end + 2 > n:
                             self._scan = nl  # the header line is found again at once
+                            self._need = end + 2
                             return NOT_ENOUGH_DATA
                         if buf[end] != _CR or buf[end + 1] != _LF:
                             raise ProtocolError("Protocol error: bulk string not followed by CRLF")
-                        data = bytes(buf[start:end])
+                        data = buf[start:end]
                         if kind == _DOLLAR:
                             value = data.decode("utf-8", "replace") if self._decode else data
                         else:
                             value = _blob3(kind, data, self._decode)
                         p = end + 2
                 elif kind == _PLUS:
-                    line = bytes(buf[p + 1 : nl])
+                    line = buf[p + 1 : nl]
                     common = _COMMON_STATUS.get(line)
                     value = common[1] if common is not None else SimpleString(line.decode("utf-8", "replace"))
                     p = nl + 2
@@ -240,7 +262,9 @@ class ReplyParser:
                         continue  # an empty attribute: the value follows
                     value = None if count == -1 else [] if kind == _STAR else _aggregate(kind, [])
                 else:
-                    value = _simple3(kind, bytes(buf[p + 1 : nl]))
+                    # nl == p when the type byte is the "\r" of a CRLF; a reversed slice is empty in Python, but
+                    # mypyc's bytes slice (1.x) fails on it with SystemError: give it the empty line itself.
+                    value = _simple3(kind, buf[p + 1 : nl] if nl > p else b"")
                     p = nl + 2
                 # Attach the value to the innermost open aggregate, closing full ones.
                 while stack:

@@ -267,11 +267,32 @@ class RequestParser:
 
         Error handling: raises :class:`ProtocolError`; :meth:`_run` makes it sticky.
         """
-        buf = self._buf
-        n = len(buf)
+        held = self._buf
+        n = len(held)
         p = self._pos
-        scan = self._scan
         args = self._args
+        if args is not None and self._bulklen >= 0:
+            if p + self._bulklen + 2 > n:
+                return  # still waiting for the data of a bulk argument: nothing to copy or parse yet
+        elif self._scan > p and p < n:
+            # An earlier call stopped on this line, searched up to _scan without its end: look on from
+            # there before copying anything, so a line sent a byte at a time is neither copied nor
+            # rescanned per byte (raises as the grammar below would for a line too long).
+            if args is not None:
+                waiting = self._line_end(p, self._scan, _CR, TOO_BIG_BULK) < 0
+            elif held[p] == _STAR:
+                waiting = self._line_end(p, self._scan, _CR, TOO_BIG_MBULK) < 0
+            else:
+                waiting = self._line_end(p, self._scan, _LF, TOO_BIG_INLINE) < 0
+            if waiting:
+                return
+        # The grammar reads an immutable copy of the buffer: compiled, indexing and slicing bytes are
+        # C primitives where a bytearray's go through the generic object protocol (boxing each byte and
+        # index), and an argument is one slice instead of a slice plus a copy to bytes. The copy is of
+        # what is buffered and not yet parsed: whole requests, plus at most one incomplete line or the
+        # bulk whose data has all arrived (the line above returns before that).
+        buf = bytes(held)
+        scan = self._scan
         cap_bulk = self._cap_bulk
         cap_count = self._cap_count
         find = buf.find
@@ -299,7 +320,7 @@ class RequestParser:
                             if nl < 0:
                                 return
                         end = nl - 1 if nl > p and buf[nl - 1] == 0x0D else nl
-                        argv = split_args(bytes(buf[p:end]))
+                        argv = split_args(buf[p:end])
                         if argv is None:
                             raise ProtocolError(UNBALANCED_QUOTES)
                         p = nl + 1
@@ -396,7 +417,7 @@ class RequestParser:
                     if end + 2 > n:
                         return
                     # The two bytes after the data are skipped unchecked, as in Redis.
-                    args.append(bytes(buf[p:end]))
+                    args.append(buf[p:end])
                     p = end + 2
                     bulklen = -1
                     remaining -= 1

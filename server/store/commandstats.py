@@ -30,18 +30,19 @@ from __future__ import annotations
 import itertools
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
+from typing import Final
 
 #: Bits of precision kept under a value's leading bit: 5 gives slots at most 1/32 of their value wide (3.1 %).
 #: Redis's own per-command histograms keep 2 significant decimal digits (1 %); 3 % is plenty for p50/p99 and
 #: keeps the array small enough (2048 slots) to sum at scrape time without stalling the event loop.
-SUB_BUCKET_BITS = 5
+SUB_BUCKET_BITS: Final = 5
 
 #: Values of at most this many bits (below 2 ** (SUB_BUCKET_BITS + 1) = 64 ns) get a slot each.
-LINEAR_LIMIT_BITS = SUB_BUCKET_BITS + 1
+LINEAR_LIMIT_BITS: Final = SUB_BUCKET_BITS + 1
 #: The sub-bucket bits of a slot.
-SUB_MASK = (1 << SUB_BUCKET_BITS) - 1
-_LINEAR_LIMIT_BITS = LINEAR_LIMIT_BITS
-_SUB_MASK = SUB_MASK
+SUB_MASK: Final = (1 << SUB_BUCKET_BITS) - 1
+_LINEAR_LIMIT_BITS: Final = LINEAR_LIMIT_BITS
+_SUB_MASK: Final = SUB_MASK
 #: Slots from 64 up to the first slot of 7-bit values (7 << 5 = 224) are never used.
 _FIRST_UNUSED_SLOT = 1 << _LINEAR_LIMIT_BITS
 _FIRST_LOG_SLOT = (_LINEAR_LIMIT_BITS + 1) << SUB_BUCKET_BITS

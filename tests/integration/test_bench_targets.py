@@ -162,3 +162,33 @@ def test_roundtrip_row_states_crossdock_beside_the_bare_executor_and_the_pipe(tm
     inline = hop["raw"]["inline"]["latency_ms"]["p50"] * 1000.0
     assert hop["value"] == pytest.approx(pool - inline)  # the hop is the same run's difference
     assert figures["roundtrip.executor"]["target"]["ratio_at_most"] == pytest.approx(1.1)
+
+
+def test_generator_row_drives_one_redis_server_with_both_generators(tmp_path: Path) -> None:
+    """Issue 14's generator row: crossdock loadtest and redis-benchmark, same depth and count, same server."""
+    out = tmp_path / "targets.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--runs", "2", "--rows", "generator-pipelined", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (figure,) = json.loads(out.read_text())["figures"]
+    assert figure["key"] == "generator-pipelined" and figure["problems"] == []
+    assert (figure["crossdock_side"], figure["baseline_side"]) == ("crossdock loadtest", "redis-benchmark")
+    assert figure["target"]["ratio_at_least"] == 0.8
+    ours = [run["raw"] for run in figure["runs"] if run["side"] == "crossdock"]
+    theirs = [run["raw"] for run in figure["runs"] if run["side"] == "baseline"]
+    assert len(ours) == len(theirs) == 2
+    ports = {raw["target"]["port"] for raw in ours}
+    assert len(ports) == 1  # one redis-server for every round of both sides
+    (port,) = ports
+    for raw in ours:
+        assert raw["target"]["server"]["redis_version"]  # the generator drove redis-server, not crossdock
+        assert raw["load"]["pipeline"] == 16 and raw["load"]["connections"] == 50
+        assert raw["requests"]["received"] == raw["load"]["requests_limit"]  # the same -n as redis-benchmark's
+    for raw in theirs:
+        assert f" -p {port} " in raw["command"] and " -P 16 " in raw["command"] and " -c 50 " in raw["command"]
+        assert f" -n {ours[0]['load']['requests_limit']} " in raw["command"]
