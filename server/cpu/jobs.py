@@ -18,6 +18,8 @@ asyncio and the threaded front end and for any executor that offers the
   the executor as few submissions as keep every worker busy, each carrying up
   to :data:`MAX_BATCH_SIZE` jobs (``run_in_executor`` once, one pickle each
   way): per-call machinery, not computation, is what a small request costs.
+  A request that finds the executor idle and nobody waiting goes at once,
+  without waiting for the end of the loop pass (it would gather nothing).
   A worker returns a batch once it has run :data:`BATCH_TIME_BUDGET` of it;
   the jobs it did not reach go back to the front of their clients' queues, so
   a heavy request never holds light ones behind it for long.
@@ -316,6 +318,14 @@ class CpuJobs:
             ready: list[list[Job]] = []
             if self._defer is None:
                 ready = self._take_ready()
+            elif job is not None and self._in_executor == 0 and len(self._waiting) == 1 and len(queue) == 1:
+                # The executor is idle and nothing else waits: a lone request goes at once. Waiting for the end of
+                # the loop pass would gather nothing at low load and cost it a loop pass; the requests that come
+                # after it in the same pass are gathered and go together (below).
+                self._waiting.clear()
+                job.submitted = True
+                self._in_executor = 1
+                ready = [[job]]
             elif job is not None and not self._hand_out_scheduled:
                 self._hand_out_scheduled = True
                 self._defer(self._hand_out)
@@ -403,6 +413,8 @@ class CpuJobs:
         """A submission left the executor (any outcome): room for the next groups."""
         with self._lock:
             self._in_executor -= 1
+            if not self._waiting:  # the common case at low load: nothing to hand out
+                return
             ready = self._take_ready()
         self._submit_ready(ready)
 
@@ -540,6 +552,9 @@ class CpuJobs:
         if start is None:
             return
         per_job = max(time.monotonic() - start.started, 0.0) / len(ran)
+        if len(ran) == 1:
+            self._measured(first.action.name, per_job)
+            return
         for name in {job.action.name for job in ran}:
             self._measured(name, per_job)
 

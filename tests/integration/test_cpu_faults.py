@@ -482,7 +482,10 @@ def test_a_killed_worker_costs_only_the_running_request_of_its_batch(
         (pid,) = map(int, info(other)["pool_worker_pids"].split(","))
         for _ in range(5):  # measured cheap: the policy batches a command only once it knows what it costs
             assert conn.call("BURN", 0) == 0
-        conn.send_raw(b"".join(encode_command("BURN", 3000 if n == 0 else 50) for n in range(6)))
+        # The first request finds the pool idle and goes at once, alone; the six after it, read with it, gather
+        # (async: the rest of the loop pass) and go together.
+        conn.send_raw(b"".join(encode_command("BURN", 0 if n == 0 else 3000 if n == 1 else 50) for n in range(7)))
+        assert conn.read_reply() == 0
         wait_for(lambda: info(other)["cpu_jobs_running"] == "1", "the batch's first job running")
         if mode == "async":  # one read, one loop pass: the six went together
             assert int(info(other)["cpu_jobs_batched"]) >= 6
