@@ -318,7 +318,7 @@ class CpuJobs:
             ready: list[list[Job]] = []
             if self._defer is None:
                 ready = self._take_ready()
-            elif job is not None and self._in_executor == 0 and len(self._waiting) == 1 and len(queue) == 1:
+            elif job is not None and self._in_executor == 0 and self._only_waiting(job):
                 # The executor is idle and nothing else waits: a lone request goes at once. Waiting for the end of
                 # the loop pass would gather nothing at low load and cost it a loop pass; the requests that come
                 # after it in the same pass are gathered and go together (below).
@@ -339,6 +339,11 @@ class CpuJobs:
             log.info("cpu_shedding_stopped", rejected=self.rejected_busy - shed_before)
         self._submit_ready(ready)
         return job
+
+    def _only_waiting(self, job: Job) -> bool:
+        """Whether ``job`` is the one job waiting in any queue (the lock is held)."""
+        waiting = self._waiting
+        return len(waiting) == 1 and len(waiting[job.client_id]) == 1
 
     def _preempt_for(self, client_id: int) -> Job | None:
         """The backlog is full: take back the newest waiting job of the client with the most waiting, if that is
