@@ -255,6 +255,8 @@ class CpuJobs:
         self._batch_call: Callable[..., tuple[Callable[..., Any], tuple[Any, ...]]] | None = getattr(
             pool, "batch_call", None
         )
+        #: When a job's run ended, from the worker's own mark (the process pool's ``job_ended``); None: on arrival.
+        self._job_ended: Callable[[Any, int, int], float | None] | None = getattr(pool, "job_ended", None)
         #: Per command: its smoothed run time per job in a worker (seconds), measured from the jobs' start marks.
         self._cost: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -552,11 +554,14 @@ class CpuJobs:
         """Measure what ``ran`` (one submission, in order) cost per job, from the first one's start mark to now."""
         if not ran or self._batch_call is None:
             return
-        first = ran[0]
+        first, last = ran[0], ran[-1]
         start = self.pool.job_started(first.executor, first.id, first.slot)
         if start is None:
             return
-        per_job = max(time.monotonic() - start.started, 0.0) / len(ran)
+        # The worker's own end mark where the pool keeps one: the work alone, not the trip back to this loop (which
+        # a loaded machine stretches, making cheap commands look too dear to batch just when batching pays most).
+        ended = self._job_ended(last.executor, last.id, last.slot) if self._job_ended is not None else None
+        per_job = max((time.monotonic() if ended is None else ended) - start.started, 0.0) / len(ran)
         if len(ran) == 1:
             self._measured(first.action.name, per_job)
             return

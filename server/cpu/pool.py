@@ -15,7 +15,7 @@ pool (ProcessPoolExecutor marks itself broken for good when a result does
 not unpickle).
 
 Each job also records, at its start, which worker runs it: a shared-memory
-table of job slots (job id, pool generation, worker pid, start time) that the
+table of job slots (job id, pool generation, worker pid, start and end time) that the
 front-end process reads without any message or lock. The cpu-job policy
 (:mod:`server.cpu.jobs`) uses it to time out a request on its running time,
 not its queueing time, to stop the right worker, and to tell a request that
@@ -144,6 +144,14 @@ class CpuPool:
         if slots[base] != job_id + 1 or slots[base + 1] != getattr(executor, "generation", -1):
             return None
         return JobStart(slots[base + 2], slots[base + 3] / 1e9)
+
+    def job_ended(self, executor: object, job_id: int, slot: int) -> float | None:
+        """When job ``job_id`` ended its run on ``executor`` (``time.monotonic()``, its worker's mark); else None."""
+        slots = self._slots
+        base = slot * _SLOT_FIELDS
+        if slots[base] != job_id + 1 or slots[base + 1] != getattr(executor, "generation", -1) or not slots[base + 4]:
+            return None
+        return float(slots[base + 4]) / 1e9
 
     def stop_job(self, executor: concurrent.futures.ProcessPoolExecutor, start: JobStart) -> None:
         """Stop the worker that runs a job (it timed out): replace the executor, then SIGKILL that worker.

@@ -53,8 +53,9 @@ ERROR_TAG = 1
 REPLY_TAG = 2
 
 #: int64 fields per job slot in the shared table: job id + 1 (0 = never used), pool generation,
-#: worker pid, start time (time.monotonic_ns, one clock for every process on Linux).
-_SLOT_FIELDS = 4
+#: worker pid, start time and end time (time.monotonic_ns, one clock for every process on Linux; the
+#: end is 0 until the job has run, so its cost is read as work alone, without the trip back).
+_SLOT_FIELDS = 5
 
 #: Reply for a cpu command whose return value is not something RESP can carry.
 CANNOT_SEND = "ERR cpu command returned a value that cannot be sent"
@@ -149,7 +150,9 @@ def run_job(job_id: int, slot: int, func: Callable[..., Any], args: tuple[Any, .
     """What the pool runs for one cpu request: mark the job started, run it, encode its reply here.
 
     The start mark goes into the shared slot table first (job id written
-    last, so a reader that sees the id sees the rest). Encoding the reply in
+    last, so a reader that sees the id sees the rest), and its end mark once
+    the reply is encoded: the policy reads a command's cost of work from the
+    two, not from when the result reaches the loop. Encoding the reply in
     the worker keeps the loop free of the work and means only bytes or an
     error string cross back.
 
@@ -164,15 +167,18 @@ def run_job(job_id: int, slot: int, func: Callable[..., Any], args: tuple[Any, .
         slots[base + 1] = _generation
         slots[base + 2] = os.getpid()
         slots[base + 3] = time.monotonic_ns()
+        slots[base + 4] = 0
         slots[base] = job_id + 1
     try:
         tag, value = run_cpu(func, args)
-        if tag != OK_TAG:
-            return tag, value
-        try:
-            return REPLY_TAG, encode_reply(value)
-        except TypeError:
-            return ERROR_TAG, CANNOT_SEND
+        if tag == OK_TAG:
+            try:
+                tag, value = REPLY_TAG, encode_reply(value)
+            except TypeError:
+                tag, value = ERROR_TAG, CANNOT_SEND
+        if slots is not None:
+            slots[base + 4] = time.monotonic_ns()
+        return tag, value
     except BaseException as exc:
         structlog.get_logger("crossdock.worker").warning(
             "cpu_command_failed", function=getattr(func, "__name__", "?"), exc_info=True
