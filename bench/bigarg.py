@@ -41,10 +41,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bigarg_commands import sha256_hex  # noqa: E402
-from loadtest.servers import pin_to, start_crossdock  # noqa: E402
-from server.cpu.worker import run_job  # noqa: E402
-from server.protocol import encode_command  # noqa: E402
+from bench.bigarg_commands import sha256_hex
+from loadtest.servers import pin_to, start_crossdock
+from server.cpu.worker import run_job
+from server.protocol import encode_command
 
 #: The argument size the issue names.
 DEFAULT_SIZE = 1024 * 1024
