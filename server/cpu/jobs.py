@@ -66,6 +66,7 @@ and a slot from a free list.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import itertools
 import math
@@ -80,6 +81,7 @@ import structlog
 
 from server.cpu.backend import WORKER_DIED, CpuBackend, JobPool, JobStart, cpu_failure_reply, cpu_reply
 from server.cpu.call import RunCpu
+from server.cpu.sharedargs import SharedArgs
 from server.protocol import encode_error
 
 if TYPE_CHECKING:
@@ -187,6 +189,7 @@ class Job:
     __slots__ = (
         "abandoned",
         "action",
+        "blocks",
         "client_id",
         "deadline",
         "executor",
@@ -195,6 +198,7 @@ class Job:
         "on_reply",
         "resubmits",
         "settled",
+        "shipped",
         "slot",
         "start",
         "submitted",
@@ -221,6 +225,10 @@ class Job:
         #: The client went away: no reply is wanted.
         self.abandoned = False
         self.timed_out = False
+        #: The arguments as they go to the executor (large ones through shared memory), made at the first
+        #: submission and kept for resubmissions; the shared-memory blocks they use, held until the job is done.
+        self.shipped: tuple[Any, ...] | None = None
+        self.blocks: list[Any] = []
 
 
 class CpuJobs:
@@ -257,6 +265,8 @@ class CpuJobs:
         )
         #: When a job's run ended, from the worker's own mark (the process pool's ``job_ended``); None: on arrival.
         self._job_ended: Callable[[Any, int, int], float | None] | None = getattr(pool, "job_ended", None)
+        #: Where large arguments go through shared memory (the process pool's ``shared_args``); None: pickled.
+        self._shared: SharedArgs | None = getattr(pool, "shared_args", None)
         #: Per command: its smoothed run time per job in a worker (seconds), measured from the jobs' start marks.
         self._cost: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -342,6 +352,26 @@ class CpuJobs:
         self._submit_ready(ready)
         return job
 
+    def _release_slot(self, job: Job) -> None:
+        """``job`` has left the books (the lock is held): its slot, and its shared-memory blocks, are free."""
+        self._free_slots.append(job.slot)
+        if job.blocks:
+            assert self._shared is not None
+            blocks, job.blocks = job.blocks, []
+            self._shared.give_back(blocks)
+
+    def _shipped_args(self, job: Job) -> tuple[Any, ...]:
+        """``job``'s arguments as they go to the executor: a large ``bytes`` one through shared memory, once."""
+        shipped = job.shipped
+        if shipped is None:
+            shipped = job.action.args
+            shared = self._shared
+            if shared is not None and shared.wants(shipped):
+                with contextlib.suppress(OSError):  # /dev/shm full, or no descriptor: through the pipe instead
+                    shipped, job.blocks = shared.share(shipped)
+            job.shipped = shipped
+        return shipped
+
     def _only_waiting(self, job: Job) -> bool:
         """Whether ``job`` is the one job waiting in any queue (the lock is held)."""
         waiting = self._waiting
@@ -360,7 +390,7 @@ class CpuJobs:
         if not queue:
             del self._waiting[greedy]
         del self._jobs[job.id]
-        self._free_slots.append(job.slot)
+        self._release_slot(job)
         return job
 
     def _take_ready(self) -> list[list[Job]]:
@@ -446,14 +476,14 @@ class CpuJobs:
             if not queue:
                 del self._waiting[job.client_id]
             if self._jobs.pop(job.id, None) is not None:
-                self._free_slots.append(job.slot)
+                self._release_slot(job)
 
     # -- submission and outcomes -------------------------------------------------------------------
     def _submit(self, job: Job) -> None:
         pool = self.pool
         for attempt in range(MAX_RESUBMITS + 1):
             executor = pool.executor
-            fn, args = pool.job_call(job.id, job.slot, job.action.func, job.action.args)
+            fn, args = pool.job_call(job.id, job.slot, job.action.func, self._shipped_args(job))
             if job.resubmits or attempt:  # the watcher may hold a start from the previous executor
                 with self._lock:
                     job.executor, job.start, job.deadline = executor, None, None
@@ -483,7 +513,7 @@ class CpuJobs:
         pool = self.pool
         executor = pool.executor
         assert self._batch_call is not None
-        items = [(job.id, job.slot, job.action.func, job.action.args) for job in group]
+        items = [(job.id, job.slot, job.action.func, self._shipped_args(job)) for job in group]
         fn, args = self._batch_call(items, BATCH_TIME_BUDGET)
         with self._lock:
             for job in group:
@@ -576,7 +606,7 @@ class CpuJobs:
             for job in reversed(jobs):
                 if job.settled or job.abandoned:
                     if self._jobs.pop(job.id, None) is not None:
-                        self._free_slots.append(job.slot)
+                        self._release_slot(job)
                     continue
                 job.submitted = False
                 job.future = None
@@ -636,7 +666,7 @@ class CpuJobs:
             deliver = not job.settled and not job.abandoned
             job.settled = True
             if release and self._jobs.pop(job.id, None) is not None:
-                self._free_slots.append(job.slot)
+                self._release_slot(job)
         if deliver:
             job.on_reply(reply)
 
@@ -740,6 +770,7 @@ class CpuJobs:
             "cpu_worker_failures": self.worker_failures,
             "cpu_batches": self.batches,
             "cpu_jobs_batched": self.batched_jobs,
+            "cpu_args_shared": self._shared.shared if self._shared is not None else 0,
         }
 
     def close(self) -> None:

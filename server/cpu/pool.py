@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from server.cpu.backend import JobStart
+from server.cpu.sharedargs import SharedArgs
 from server.cpu.worker import _SLOT_FIELDS, _warm_up, _worker_init, run_batch, run_job
 
 if TYPE_CHECKING:
@@ -102,6 +103,8 @@ class CpuPool:
         #: Broken executor -> pids of the workers that died on their own (see :meth:`died_workers`).
         self._culprits: weakref.WeakKeyDictionary[Any, frozenset[int]] = weakref.WeakKeyDictionary()
         self.executor: concurrent.futures.ProcessPoolExecutor = self._new_executor()
+        #: Large bytes arguments go to the workers through shared memory (server.cpu.sharedargs).
+        self.shared_args = SharedArgs()
 
     def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
         executor = _Executor(
@@ -254,6 +257,7 @@ class CpuPool:
             self._closed = True
             executor = self.executor
         executor.shutdown(wait=wait, cancel_futures=True)
+        self.shared_args.close()
 
 
 def start_process_pool(config: Config) -> CpuPool:

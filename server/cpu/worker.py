@@ -24,7 +24,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from multiprocessing import shared_memory
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -59,6 +60,55 @@ _SLOT_FIELDS = 5
 
 #: Reply for a cpu command whose return value is not something RESP can carry.
 CANNOT_SEND = "ERR cpu command returned a value that cannot be sent"
+
+
+#: Shared-memory blocks a worker keeps mapped between jobs, at most this many (the server reuses a few blocks
+#: for its large arguments, server.cpu.sharedargs) ...
+MAX_KEPT_BLOCKS = 16
+#: ... and only blocks up to this size: a larger one is unmapped after its job, so a worker never holds more
+#: than MAX_KEPT_BLOCKS x 4 MiB of blocks the server has since let go.
+MAX_KEPT_BLOCK_BYTES = 4 * 1024 * 1024
+
+
+class SharedBytes(NamedTuple):
+    """A ``bytes`` argument the server put in a shared-memory block (server.cpu.sharedargs): name and length."""
+
+    name: str
+    length: int
+
+
+#: Blocks this worker has mapped, by name, oldest first.
+_kept_blocks: dict[str, shared_memory.SharedMemory] = {}
+
+
+def _attach(name: str) -> shared_memory.SharedMemory:
+    block = _kept_blocks.pop(name, None)
+    if block is None:
+        # Python 3.11 registers an attached block with the resource tracker too; workers share the server's
+        # tracker (forkserver and spawn pass it on), where the block is already registered, so that is a no-op
+        # and the server's registration (which removes the block if the server is killed) stays.
+        block = shared_memory.SharedMemory(name=name)
+    if block.size <= MAX_KEPT_BLOCK_BYTES:
+        _kept_blocks[name] = block  # newest last
+        while len(_kept_blocks) > MAX_KEPT_BLOCKS:
+            _kept_blocks.pop(next(iter(_kept_blocks))).close()
+    return block
+
+
+def _read_shared(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``args`` with each :class:`SharedBytes` read back into ``bytes`` (a command gets plain arguments)."""
+    out = []
+    for arg in args:
+        if arg.__class__ is SharedBytes:
+            block = _attach(arg.name)
+            buf = block.buf
+            assert buf is not None  # None only once closed
+            out.append(bytes(buf[: arg.length]))
+            if arg.name not in _kept_blocks:
+                block.close()
+        else:
+            out.append(arg)
+    return tuple(out)
 
 
 #: The shared job-slot table and this worker's pool generation, set by :func:`_worker_init`.
@@ -170,6 +220,8 @@ def run_job(job_id: int, slot: int, func: Callable[..., Any], args: tuple[Any, .
         slots[base + 4] = 0
         slots[base] = job_id + 1
     try:
+        if any(arg.__class__ is SharedBytes for arg in args):
+            args = _read_shared(args)
         tag, value = run_cpu(func, args)
         if tag == OK_TAG:
             try:
