@@ -17,6 +17,10 @@ CPU 1, as bench/targets.py pins); in the same run, on CPU 0 in this process and 
   shared-memory path could do;
 * **copy**: one copy of the bytes (``bytes(bytearray(data))``), for scale.
 
+With ``--before TREE`` (a checkout of an earlier commit, e.g. ``git archive REV | tar -x -C /tmp/old``), that
+tree's async+pool server runs too, in the same rounds (``pool_before_us``, ``hop_before_us``): the same request
+through the pool before and after a change, measured side by side.
+
 Rounds alternate the sides; each figure is the median per call of a run, the table the median of runs. The
 crossdock hop is through the pool minus inline (the TCP and RESP transfer of the 1 MiB, which both have,
 cancels).
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import multiprocessing
 import os
@@ -154,23 +159,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=DEFAULT_CALLS)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--before", type=Path, help="an earlier checkout whose async+pool server runs alongside")
     args = parser.parse_args(argv)
     data = os.urandom(args.size)
     request = encode_command("SHA256", data)
     extra = ["--modules", "bench.bigarg_commands"]
     runs: list[dict[str, Any]] = []
     context = multiprocessing.get_context("forkserver")
-    with (
-        start_crossdock("async", "pool", 1, [SERVER_CPU], extra) as pool,
-        start_crossdock("async", "inline", 1, [SERVER_CPU], extra) as inline,
-    ):
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(start_crossdock("async", "pool", 1, [SERVER_CPU], extra))
+        inline = stack.enter_context(start_crossdock("async", "inline", 1, [SERVER_CPU], extra))
+        sides = [("pool_us", pool.port), ("inline_us", inline.port)]
+        if args.before is not None:
+            here = os.getcwd()
+            os.chdir(args.before)  # `python -m server` imports the tree it runs in
+            try:
+                before = stack.enter_context(start_crossdock("async", "pool", 1, [SERVER_CPU], extra))
+            finally:
+                os.chdir(here)
+            sides.append(("pool_before_us", before.port))
         for round_index in range(args.runs):
             figures: dict[str, Any] = {}
             pin_to([CLIENT_CPU])
-            sides = [("pool_us", pool.port), ("inline_us", inline.port)]
             for key, port in sides if round_index % 2 == 0 else sides[::-1]:
                 figures[key] = server_figure(port, request, args.calls)
             figures["hop_us"] = figures["pool_us"] - figures["inline_us"]
+            if "pool_before_us" in figures:
+                figures["hop_before_us"] = figures["pool_before_us"] - figures["inline_us"]
             pin_to([SERVER_CPU])  # the stdlib side where the server runs: caller and worker share a core
             with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as executor:
                 figures.update(local_figures(data, args.calls, executor))
