@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {key: round(statistics.median(run[key] for run in runs), 1) for key in runs[0]}
     print(json.dumps({"size": args.size, "calls": args.calls, "runs": args.runs, "median_of_runs": summary}))
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "runs": runs,
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
                                          "median_of_runs": summary}, indent=2) + "\n")  # fmt: skip
     return 0
 

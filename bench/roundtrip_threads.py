@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in keys:
         print(f"| {key} | " + " | ".join(f"{medians[name][key]:,.1f}" for name in medians) + " |")
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "runs": results,
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": results,
                                          "medians": medians}, indent=2) + "\n")  # fmt: skip
     return 0
 
