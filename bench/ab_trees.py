@@ -13,6 +13,11 @@ printed per row: the median of each side, its ratio to redis-server, and after/b
 generator for both sides, pinned to CPU 1) against each tree's async+pool server with one pool worker, pinned
 to CPU 0 as bench/targets.py pins; the figure is the probe's p99 in ms (lower is better). Both trees run with
 ``CROSSDOCK_CORE=pure``: an old checkout has no compiled parser core of its own, so both use the pure one.
+
+``--row overhead`` measures issue 12's overhead row at 50 connections the same way: ``crossdock loadtest -s
+primes --work 10 -c 50 -d 3`` (pinned to CPU 1) against each tree's async+pool server, requests per second
+(higher is better). Both trees run whichever core they find (give the old checkout the compiled core of the
+same parser source, or neither).
 """
 
 from __future__ import annotations
@@ -51,6 +56,20 @@ def start_tree(name: str, tree: Path) -> RunningServer:
     return server
 
 
+#: The overhead row at 50 connections (issue 12's ">= 0.5x inline"): PRIMES 10 through the pool, throughput.
+OVERHEAD_ARGS = ["-s", "primes", "--work", "10", "-c", "50", "-d", "3"]
+
+
+def overhead(port: int) -> float:
+    """Requests per second of one ``crossdock loadtest -s primes --work 10 -c 50`` run, pinned to CPU 1."""
+    out = subprocess.run(
+        [sys.executable, "-m", "server", "loadtest", "-p", str(port), *OVERHEAD_ARGS, "--cpus", "1",
+         "--quiet", "--json", "-"],
+        capture_output=True, text=True, timeout=300, check=True, cwd=Path(__file__).resolve().parents[1],
+    ).stdout  # fmt: skip
+    return float(json.loads(out)["throughput_rps"])
+
+
 def responsiveness(port: int) -> float:
     """The probe's PING p99 (ms) of one responsiveness run, the generator pinned to CPU 1."""
     out = subprocess.run(
@@ -77,12 +96,12 @@ def main() -> int:
     parser.add_argument("--after", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--row", choices=("redis-benchmark", "responsiveness"), default="redis-benchmark")
+    parser.add_argument("--row", choices=("redis-benchmark", "responsiveness", "overhead"), default="redis-benchmark")
     args = parser.parse_args()
     import os
 
-    probe = args.row == "responsiveness"
-    if probe:
+    probe = args.row in ("responsiveness", "overhead")  # crossdock loadtest rows: no redis-server side
+    if args.row == "responsiveness":
         os.environ["CROSSDOCK_CORE"] = "pure"  # the servers inherit it
     servers: dict[str, RunningServer] = {}
     for name, tree in (("before", args.before), ("after", args.after)):
@@ -94,7 +113,13 @@ def main() -> int:
             os.chdir(cwd)
     if not probe:
         servers["redis"] = start_redis(cpus=[0])
-    rows = (("responsiveness probe p99 ms", []),) if probe else ROWS
+    rows = (
+        (("responsiveness probe p99 ms", []),)
+        if args.row == "responsiveness"
+        else (("overhead PRIMES 10 -c 50 req/s", []),)
+        if args.row == "overhead"
+        else ROWS
+    )
     results: dict[str, dict[str, list[float]]] = {row: {side: [] for side in servers} for row, _ in rows}
     try:
         order = list(servers)
@@ -103,7 +128,8 @@ def main() -> int:
                 turn = round_index % len(order)
                 for side in order[turn:] + order[:turn]:
                     port = servers[side].port
-                    results[row][side].append(responsiveness(port) if probe else bench(port, bench_args))
+                    measure = {"responsiveness": responsiveness, "overhead": overhead}.get(args.row)
+                    results[row][side].append(measure(port) if measure else bench(port, bench_args))
             print(f"round {round_index + 1}/{args.runs} done", file=sys.stderr, flush=True)
     finally:
         for server in servers.values():
