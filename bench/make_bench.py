@@ -139,14 +139,17 @@ def render_reuseport(folder: Path) -> str:
     n = doc["args"]["instances"]
     lines = [
         f"| workload | `--reuseport 1`: median (min-max) | `--reuseport {n}`: median (min-max) | ratio of medians "
-        "| median of per-round ratios |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| median of per-round ratios | shed (-BUSY) per run, 1 / N |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for workload, figures in doc["summary"].items():
         ones, manys = figures["runs"]["1"], figures["runs"][str(n)]
+        shed = figures.get("shed", {})
+        shed_text = " / ".join(", ".join(f"{count:,}" for count in shed.get(side, [])) or "-" for side in ("1", str(n)))
         lines.append(
             f"| {workload} | {figures['one']:,.0f}/s ({min(ones):,.0f}-{max(ones):,.0f}) | {figures['many']:,.0f}/s "
-            f"({min(manys):,.0f}-{max(manys):,.0f}) | {figures['ratio']:.2f} | {figures['paired_ratio']:.2f} |"
+            f"({min(manys):,.0f}-{max(manys):,.0f}) | {figures['ratio']:.2f} | {figures['paired_ratio']:.2f} "
+            f"| {shed_text} |"
         )
     return "\n".join(lines) + "\n"
 

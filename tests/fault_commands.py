@@ -9,6 +9,7 @@ inside an inline command.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -20,6 +21,21 @@ MAX_MS = 120_000
 
 #: Seconds between checks for WAITFILE's file.
 WAITFILE_POLL = 0.01
+
+
+#: Largest DIGEST argument: past the 1 MiB the shared-memory tests send.
+MAX_DIGEST_BYTES = 8 * 1024 * 1024
+
+
+@cpu_command(
+    "DIGEST",
+    arity=3,
+    argspec=(bounded_bytes("data", MAX_DIGEST_BYTES), bounded_int("ms", 0, MAX_MS)),
+    summary="Busy-loop for ms, then the hex SHA-256 of data (a cpu command with a large argument).",
+)
+def digest(data: bytes, ms: int) -> str:
+    burn(ms)
+    return hashlib.sha256(data).hexdigest()
 
 
 @cpu_command("BURN", arity=2, argspec=(bounded_int("ms", 0, MAX_MS),), summary="Busy-loop for ms of wall time.")

@@ -93,6 +93,7 @@ class ExecutorError(CrossdockError):
 #: Reply for a cpu request whose worker died (or whose executor was shut down) before it finished.
 WORKER_DIED = "ERR cpu worker died while running this request; the pool has been replaced"
 
+
 def cpu_reply(tagged: tuple[int, Any]) -> bytes:
     """Encode a worker's ``(tag, value)`` outcome from :func:`run_cpu` as reply bytes."""
     tag, value = tagged

@@ -18,6 +18,8 @@ asyncio and the threaded front end and for any executor that offers the
   the executor as few submissions as keep every worker busy, each carrying up
   to :data:`MAX_BATCH_SIZE` jobs (``run_in_executor`` once, one pickle each
   way): per-call machinery, not computation, is what a small request costs.
+  A request that finds the executor idle and nobody waiting goes at once,
+  without waiting for the end of the loop pass (it would gather nothing).
   A worker returns a batch once it has run :data:`BATCH_TIME_BUDGET` of it;
   the jobs it did not reach go back to the front of their clients' queues, so
   a heavy request never holds light ones behind it for long.
@@ -64,6 +66,7 @@ and a slot from a free list.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import itertools
 import math
@@ -78,6 +81,7 @@ import structlog
 
 from server.cpu.backend import WORKER_DIED, CpuBackend, JobPool, JobStart, cpu_failure_reply, cpu_reply
 from server.cpu.call import RunCpu
+from server.cpu.sharedargs import SharedArgs
 from server.protocol import encode_error
 
 if TYPE_CHECKING:
@@ -185,6 +189,7 @@ class Job:
     __slots__ = (
         "abandoned",
         "action",
+        "blocks",
         "client_id",
         "deadline",
         "executor",
@@ -193,6 +198,7 @@ class Job:
         "on_reply",
         "resubmits",
         "settled",
+        "shipped",
         "slot",
         "start",
         "submitted",
@@ -219,6 +225,10 @@ class Job:
         #: The client went away: no reply is wanted.
         self.abandoned = False
         self.timed_out = False
+        #: The arguments as they go to the executor (large ones through shared memory), made at the first
+        #: submission and kept for resubmissions; the shared-memory blocks they use, held until the job is done.
+        self.shipped: tuple[Any, ...] | None = None
+        self.blocks: list[Any] = []
 
 
 class CpuJobs:
@@ -253,6 +263,10 @@ class CpuJobs:
         self._batch_call: Callable[..., tuple[Callable[..., Any], tuple[Any, ...]]] | None = getattr(
             pool, "batch_call", None
         )
+        #: When a job's run ended, from the worker's own mark (the process pool's ``job_ended``); None: on arrival.
+        self._job_ended: Callable[[Any, int, int], float | None] | None = getattr(pool, "job_ended", None)
+        #: Where large arguments go through shared memory (the process pool's ``shared_args``); None: pickled.
+        self._shared: SharedArgs | None = getattr(pool, "shared_args", None)
         #: Per command: its smoothed run time per job in a worker (seconds), measured from the jobs' start marks.
         self._cost: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -316,6 +330,14 @@ class CpuJobs:
             ready: list[list[Job]] = []
             if self._defer is None:
                 ready = self._take_ready()
+            elif job is not None and self._in_executor == 0 and self._only_waiting(job):
+                # The executor is idle and nothing else waits: a lone request goes at once. Waiting for the end of
+                # the loop pass would gather nothing at low load and cost it a loop pass; the requests that come
+                # after it in the same pass are gathered and go together (below).
+                self._waiting.clear()
+                job.submitted = True
+                self._in_executor = 1
+                ready = [[job]]
             elif job is not None and not self._hand_out_scheduled:
                 self._hand_out_scheduled = True
                 self._defer(self._hand_out)
@@ -330,6 +352,31 @@ class CpuJobs:
         self._submit_ready(ready)
         return job
 
+    def _release_slot(self, job: Job) -> None:
+        """``job`` has left the books (the lock is held): its slot, and its shared-memory blocks, are free."""
+        self._free_slots.append(job.slot)
+        if job.blocks:
+            assert self._shared is not None
+            blocks, job.blocks = job.blocks, []
+            self._shared.give_back(blocks)
+
+    def _shipped_args(self, job: Job) -> tuple[Any, ...]:
+        """``job``'s arguments as they go to the executor: a large ``bytes`` one through shared memory, once."""
+        shipped = job.shipped
+        if shipped is None:
+            shipped = job.action.args
+            shared = self._shared
+            if shared is not None and shared.wants(shipped):
+                with contextlib.suppress(OSError):  # /dev/shm full, or no descriptor: through the pipe instead
+                    shipped, job.blocks = shared.share(shipped)
+            job.shipped = shipped
+        return shipped
+
+    def _only_waiting(self, job: Job) -> bool:
+        """Whether ``job`` is the one job waiting in any queue (the lock is held)."""
+        waiting = self._waiting
+        return len(waiting) == 1 and len(waiting[job.client_id]) == 1
+
     def _preempt_for(self, client_id: int) -> Job | None:
         """The backlog is full: take back the newest waiting job of the client with the most waiting, if that is
         more than ``client_id`` would have with one more; None if ``client_id`` is itself over its share.
@@ -343,7 +390,7 @@ class CpuJobs:
         if not queue:
             del self._waiting[greedy]
         del self._jobs[job.id]
-        self._free_slots.append(job.slot)
+        self._release_slot(job)
         return job
 
     def _take_ready(self) -> list[list[Job]]:
@@ -403,6 +450,8 @@ class CpuJobs:
         """A submission left the executor (any outcome): room for the next groups."""
         with self._lock:
             self._in_executor -= 1
+            if not self._waiting:  # the common case at low load: nothing to hand out
+                return
             ready = self._take_ready()
         self._submit_ready(ready)
 
@@ -427,14 +476,14 @@ class CpuJobs:
             if not queue:
                 del self._waiting[job.client_id]
             if self._jobs.pop(job.id, None) is not None:
-                self._free_slots.append(job.slot)
+                self._release_slot(job)
 
     # -- submission and outcomes -------------------------------------------------------------------
     def _submit(self, job: Job) -> None:
         pool = self.pool
         for attempt in range(MAX_RESUBMITS + 1):
             executor = pool.executor
-            fn, args = pool.job_call(job.id, job.slot, job.action.func, job.action.args)
+            fn, args = pool.job_call(job.id, job.slot, job.action.func, self._shipped_args(job))
             if job.resubmits or attempt:  # the watcher may hold a start from the previous executor
                 with self._lock:
                     job.executor, job.start, job.deadline = executor, None, None
@@ -464,7 +513,7 @@ class CpuJobs:
         pool = self.pool
         executor = pool.executor
         assert self._batch_call is not None
-        items = [(job.id, job.slot, job.action.func, job.action.args) for job in group]
+        items = [(job.id, job.slot, job.action.func, self._shipped_args(job)) for job in group]
         fn, args = self._batch_call(items, BATCH_TIME_BUDGET)
         with self._lock:
             for job in group:
@@ -535,11 +584,17 @@ class CpuJobs:
         """Measure what ``ran`` (one submission, in order) cost per job, from the first one's start mark to now."""
         if not ran or self._batch_call is None:
             return
-        first = ran[0]
+        first, last = ran[0], ran[-1]
         start = self.pool.job_started(first.executor, first.id, first.slot)
         if start is None:
             return
-        per_job = max(time.monotonic() - start.started, 0.0) / len(ran)
+        # The worker's own end mark where the pool keeps one: the work alone, not the trip back to this loop (which
+        # a loaded machine stretches, making cheap commands look too dear to batch just when batching pays most).
+        ended = self._job_ended(last.executor, last.id, last.slot) if self._job_ended is not None else None
+        per_job = max((time.monotonic() if ended is None else ended) - start.started, 0.0) / len(ran)
+        if len(ran) == 1:
+            self._measured(first.action.name, per_job)
+            return
         for name in {job.action.name for job in ran}:
             self._measured(name, per_job)
 
@@ -551,7 +606,7 @@ class CpuJobs:
             for job in reversed(jobs):
                 if job.settled or job.abandoned:
                     if self._jobs.pop(job.id, None) is not None:
-                        self._free_slots.append(job.slot)
+                        self._release_slot(job)
                     continue
                 job.submitted = False
                 job.future = None
@@ -611,7 +666,7 @@ class CpuJobs:
             deliver = not job.settled and not job.abandoned
             job.settled = True
             if release and self._jobs.pop(job.id, None) is not None:
-                self._free_slots.append(job.slot)
+                self._release_slot(job)
         if deliver:
             job.on_reply(reply)
 
@@ -715,6 +770,7 @@ class CpuJobs:
             "cpu_worker_failures": self.worker_failures,
             "cpu_batches": self.batches,
             "cpu_jobs_batched": self.batched_jobs,
+            "cpu_args_shared": self._shared.shared if self._shared is not None else 0,
         }
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ pool (ProcessPoolExecutor marks itself broken for good when a result does
 not unpickle).
 
 Each job also records, at its start, which worker runs it: a shared-memory
-table of job slots (job id, pool generation, worker pid, start time) that the
+table of job slots (job id, pool generation, worker pid, start and end time) that the
 front-end process reads without any message or lock. The cpu-job policy
 (:mod:`server.cpu.jobs`) uses it to time out a request on its running time,
 not its queueing time, to stop the right worker, and to tell a request that
@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from server.cpu.backend import JobStart
+from server.cpu.sharedargs import SharedArgs
 from server.cpu.worker import _SLOT_FIELDS, _warm_up, _worker_init, run_batch, run_job
 
 if TYPE_CHECKING:
@@ -102,6 +103,8 @@ class CpuPool:
         #: Broken executor -> pids of the workers that died on their own (see :meth:`died_workers`).
         self._culprits: weakref.WeakKeyDictionary[Any, frozenset[int]] = weakref.WeakKeyDictionary()
         self.executor: concurrent.futures.ProcessPoolExecutor = self._new_executor()
+        #: Large bytes arguments go to the workers through shared memory (server.cpu.sharedargs).
+        self.shared_args = SharedArgs()
 
     def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
         executor = _Executor(
@@ -144,6 +147,14 @@ class CpuPool:
         if slots[base] != job_id + 1 or slots[base + 1] != getattr(executor, "generation", -1):
             return None
         return JobStart(slots[base + 2], slots[base + 3] / 1e9)
+
+    def job_ended(self, executor: object, job_id: int, slot: int) -> float | None:
+        """When job ``job_id`` ended its run on ``executor`` (``time.monotonic()``, its worker's mark); else None."""
+        slots = self._slots
+        base = slot * _SLOT_FIELDS
+        if slots[base] != job_id + 1 or slots[base + 1] != getattr(executor, "generation", -1) or not slots[base + 4]:
+            return None
+        return float(slots[base + 4]) / 1e9
 
     def stop_job(self, executor: concurrent.futures.ProcessPoolExecutor, start: JobStart) -> None:
         """Stop the worker that runs a job (it timed out): replace the executor, then SIGKILL that worker.
@@ -246,6 +257,7 @@ class CpuPool:
             self._closed = True
             executor = self.executor
         executor.shutdown(wait=wait, cancel_futures=True)
+        self.shared_args.close()
 
 
 def start_process_pool(config: Config) -> CpuPool:

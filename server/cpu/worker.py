@@ -24,7 +24,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from multiprocessing import shared_memory
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -53,11 +54,61 @@ ERROR_TAG = 1
 REPLY_TAG = 2
 
 #: int64 fields per job slot in the shared table: job id + 1 (0 = never used), pool generation,
-#: worker pid, start time (time.monotonic_ns, one clock for every process on Linux).
-_SLOT_FIELDS = 4
+#: worker pid, start time and end time (time.monotonic_ns, one clock for every process on Linux; the
+#: end is 0 until the job has run, so its cost is read as work alone, without the trip back).
+_SLOT_FIELDS = 5
 
 #: Reply for a cpu command whose return value is not something RESP can carry.
 CANNOT_SEND = "ERR cpu command returned a value that cannot be sent"
+
+
+#: Shared-memory blocks a worker keeps mapped between jobs, at most this many (the server reuses a few blocks
+#: for its large arguments, server.cpu.sharedargs) ...
+MAX_KEPT_BLOCKS = 16
+#: ... and only blocks up to this size: a larger one is unmapped after its job, so a worker never holds more
+#: than MAX_KEPT_BLOCKS x 4 MiB of blocks the server has since let go.
+MAX_KEPT_BLOCK_BYTES = 4 * 1024 * 1024
+
+
+class SharedBytes(NamedTuple):
+    """A ``bytes`` argument the server put in a shared-memory block (server.cpu.sharedargs): name and length."""
+
+    name: str
+    length: int
+
+
+#: Blocks this worker has mapped, by name, oldest first.
+_kept_blocks: dict[str, shared_memory.SharedMemory] = {}
+
+
+def _attach(name: str) -> shared_memory.SharedMemory:
+    block = _kept_blocks.pop(name, None)
+    if block is None:
+        # Python 3.11 registers an attached block with the resource tracker too; workers share the server's
+        # tracker (forkserver and spawn pass it on), where the block is already registered, so that is a no-op
+        # and the server's registration (which removes the block if the server is killed) stays.
+        block = shared_memory.SharedMemory(name=name)
+    if block.size <= MAX_KEPT_BLOCK_BYTES:
+        _kept_blocks[name] = block  # newest last
+        while len(_kept_blocks) > MAX_KEPT_BLOCKS:
+            _kept_blocks.pop(next(iter(_kept_blocks))).close()
+    return block
+
+
+def _read_shared(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``args`` with each :class:`SharedBytes` read back into ``bytes`` (a command gets plain arguments)."""
+    out = []
+    for arg in args:
+        if arg.__class__ is SharedBytes:
+            block = _attach(arg.name)
+            buf = block.buf
+            assert buf is not None  # None only once closed
+            out.append(bytes(buf[: arg.length]))
+            if arg.name not in _kept_blocks:
+                block.close()
+        else:
+            out.append(arg)
+    return tuple(out)
 
 
 #: The shared job-slot table and this worker's pool generation, set by :func:`_worker_init`.
@@ -149,7 +200,9 @@ def run_job(job_id: int, slot: int, func: Callable[..., Any], args: tuple[Any, .
     """What the pool runs for one cpu request: mark the job started, run it, encode its reply here.
 
     The start mark goes into the shared slot table first (job id written
-    last, so a reader that sees the id sees the rest). Encoding the reply in
+    last, so a reader that sees the id sees the rest), and its end mark once
+    the reply is encoded: the policy reads a command's cost of work from the
+    two, not from when the result reaches the loop. Encoding the reply in
     the worker keeps the loop free of the work and means only bytes or an
     error string cross back.
 
@@ -164,15 +217,20 @@ def run_job(job_id: int, slot: int, func: Callable[..., Any], args: tuple[Any, .
         slots[base + 1] = _generation
         slots[base + 2] = os.getpid()
         slots[base + 3] = time.monotonic_ns()
+        slots[base + 4] = 0
         slots[base] = job_id + 1
     try:
+        if any(arg.__class__ is SharedBytes for arg in args):
+            args = _read_shared(args)
         tag, value = run_cpu(func, args)
-        if tag != OK_TAG:
-            return tag, value
-        try:
-            return REPLY_TAG, encode_reply(value)
-        except TypeError:
-            return ERROR_TAG, CANNOT_SEND
+        if tag == OK_TAG:
+            try:
+                tag, value = REPLY_TAG, encode_reply(value)
+            except TypeError:
+                tag, value = ERROR_TAG, CANNOT_SEND
+        if slots is not None:
+            slots[base + 4] = time.monotonic_ns()
+        return tag, value
     except BaseException as exc:
         structlog.get_logger("crossdock.worker").warning(
             "cpu_command_failed", function=getattr(func, "__name__", "?"), exc_info=True

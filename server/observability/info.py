@@ -176,7 +176,7 @@ def pool_figures(state: ServerState) -> dict[str, int]:
 #: The fields :meth:`server.cpu.jobs.CpuJobs.info` reports (zeros when there is no pool).
 _CPU_JOB_FIELDS = (
     "cpu_jobs_in_flight", "cpu_jobs_running", "cpu_jobs_queued", "cpu_rejected_busy", "cpu_rejected_over_share",
-    "cpu_timeouts", "cpu_jobs_resubmitted", "cpu_worker_failures", "cpu_batches", "cpu_jobs_batched",
+    "cpu_timeouts", "cpu_jobs_resubmitted", "cpu_worker_failures", "cpu_batches", "cpu_jobs_batched", "cpu_args_shared",
 )  # fmt: skip
 
 

@@ -482,7 +482,10 @@ def test_a_killed_worker_costs_only_the_running_request_of_its_batch(
         (pid,) = map(int, info(other)["pool_worker_pids"].split(","))
         for _ in range(5):  # measured cheap: the policy batches a command only once it knows what it costs
             assert conn.call("BURN", 0) == 0
-        conn.send_raw(b"".join(encode_command("BURN", 3000 if n == 0 else 50) for n in range(6)))
+        # The first request finds the pool idle and goes at once, alone; the six after it, read with it, gather
+        # (async: the rest of the loop pass) and go together.
+        conn.send_raw(b"".join(encode_command("BURN", 0 if n == 0 else 3000 if n == 1 else 50) for n in range(7)))
+        assert conn.read_reply() == 0
         wait_for(lambda: info(other)["cpu_jobs_running"] == "1", "the batch's first job running")
         if mode == "async":  # one read, one loop pass: the six went together
             assert int(info(other)["cpu_jobs_batched"]) >= 6
@@ -616,3 +619,44 @@ def test_fair_hand_out_serves_one_request_clients_and_never_starves_a_pipelining
     assert greedy_in_queue_max == 1  # never more than one of its jobs ahead of the others
     assert served[0] >= 15  # about 1 in 11 of 220: not starved
     assert all(served[client] >= 15 for client in range(1, 11))
+
+
+#: The large argument of the shared-memory tests (issue 12): the size the issue names.
+LARGE_ARGUMENT = 1024 * 1024
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_a_large_argument_goes_through_shared_memory_and_arrives_whole(
+    mode: str, start: Callable[..., ServerProcess]
+) -> None:
+    """A 1 MiB argument reaches the worker through a shared-memory block (not the pipe), byte for byte, and the
+    block is reused by the next large argument."""
+    import hashlib
+
+    process = start(mode, "--workers", "1")
+    blobs = [os.urandom(LARGE_ARGUMENT) for _ in range(3)]
+    with process.connect() as conn:
+        for blob in blobs:
+            assert conn.call("DIGEST", blob, 0).decode() == hashlib.sha256(blob).hexdigest()
+        assert conn.call("DIGEST", b"small", 0).decode() == hashlib.sha256(b"small").hexdigest()
+        assert info(conn)["cpu_args_shared"] == "3"  # the three large ones, not the small one
+
+
+@pytest.mark.parametrize("mode", FRONT_ENDS)
+def test_a_killed_worker_with_a_large_argument_costs_one_request_and_the_next_one_is_whole(
+    mode: str, start: Callable[..., ServerProcess]
+) -> None:
+    """A worker killed while it holds a shared-memory argument costs that request only; a large argument on the
+    replaced pool (which may reuse the same block) arrives whole."""
+    import hashlib
+
+    process = start(mode, "--workers", "1")
+    with process.connect() as conn, process.connect() as other:
+        (pid,) = map(int, info(other)["pool_worker_pids"].split(","))
+        conn.send("DIGEST", os.urandom(LARGE_ARGUMENT), 60_000)
+        wait_for(lambda: info(other)["cpu_jobs_running"] == "1", "the large-argument request running")
+        os.kill(pid, signal.SIGKILL)
+        assert conn.read_reply() == ErrorReply(WORKER_DIED)
+        blob = os.urandom(LARGE_ARGUMENT)
+        assert conn.call("DIGEST", blob, 0).decode() == hashlib.sha256(blob).hexdigest()
+        wait_for(lambda: info(other)["cpu_jobs_in_flight"] == "0", "books back to 0")
