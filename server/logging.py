@@ -9,8 +9,10 @@ without any per-request cost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
@@ -40,10 +42,32 @@ def configure_logging(log_format: str = "auto", level: str = "info", *, process_
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(file=_LossyStream(sys.stdout)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=_LEVELS.get(level, logging.INFO), stream=sys.stderr)
+
+
+class _LossyStream:
+    """stdout for log lines, dropping what cannot be written (its reader gone: EPIPE, a full disk).
+
+    A log line is never worth more than the server: with a plain stream a
+    closed pipe made every log call raise, so a SIGTERM handler that logs
+    before acting could never stop the server.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            return 0
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
 
 
 def _add_role(role: str) -> structlog.types.Processor:

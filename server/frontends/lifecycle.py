@@ -11,6 +11,7 @@ once. Shutdown: stop accepting, stop reading, answer what was read (within
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import ssl
@@ -131,11 +132,15 @@ class SignalPolicy:
         self.received = 0
 
     def __call__(self, signum: int, _frame: object = None) -> None:
+        """Act first, then log: a log line that cannot be written (stdout gone with its reader) must not stop it."""
         self.received += 1
         name = signal.Signals(signum).name
         if self.received == 1:
-            log.info("signal_received", signal=name, action="graceful shutdown")
             self.on_first()
+            with contextlib.suppress(OSError):
+                log.info("signal_received", signal=name, action="graceful shutdown")
         else:
-            log.warning("signal_received_again", signal=name, action="exit now")
-            os._exit(1)
+            try:
+                log.warning("signal_received_again", signal=name, action="exit now")
+            finally:
+                os._exit(1)

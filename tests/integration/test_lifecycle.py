@@ -119,3 +119,27 @@ def test_json_logs_when_not_a_tty(fresh_server_factory, mode: str) -> None:  # t
     assert opened and "client_id" in opened[0] and "peer" in opened[0]
     closed = [line for line in parsed if line["event"] == "connection_closed"]
     assert closed and closed[0]["client_id"] == opened[0]["client_id"]
+
+
+@pytest.mark.parametrize("mode", ["async", "threaded"])
+def test_sigterm_stops_a_server_whose_log_reader_has_gone(mode: str) -> None:
+    """The process reading its log died (a closed pipe): the signal handler must still stop the server."""
+    command = [sys.executable, "-m", "server", "serve", "--port", "0", "--mode", mode, "--cpu", "inline"]
+    proc = subprocess.Popen(
+        [*command, "--log-format", "json"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # up to the start-up line: the server is serving
+            if json.loads(line).get("event") == "started":
+                break
+        proc.stdout.close()  # the reader goes away: every log line from now on meets a broken pipe
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
