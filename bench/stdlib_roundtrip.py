@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/stdlib_roundtrip.py [--calls 2000] [--json]
 
-Two round trips, one after the other, each timed call by call after a
+Three round trips, one after the other, each timed call by call after a
 warm-up, on whatever CPUs this process may use (``bench/targets.py`` runs it
 pinned to the server's CPUs, so the caller and the worker share a core as
 crossdock's front end and its pool worker do):
@@ -12,7 +12,13 @@ crossdock's front end and its pool worker do):
 * **bare executor**: ``ProcessPoolExecutor(max_workers=1)`` (forkserver, as
   crossdock's pool) ``.submit(count_primes, 10).result()``: the same function
   ``PRIMES 10`` runs, with the executor's call queue, its manager thread and
-  its result queue.
+  its result queue;
+* **run_in_executor on uvloop**: the same executor reached the way the card
+  has crossdock reach it, ``await loop.run_in_executor(executor,
+  count_primes, 10)`` on a uvloop event loop, one call at a time: the bare
+  executor plus the asyncio future chained to it and the loop's wake-up by
+  the executor's thread. No server, no sockets: the floor of any asyncio
+  server that offloads through ``run_in_executor``.
 
 Prints the median and mean of each in microseconds (JSON with ``--json``).
 """
@@ -90,6 +96,30 @@ def executor_round_trips(calls: int) -> list[float]:
         return _time_calls(lambda: executor.submit(count_primes, TRIVIAL_N).result(), calls)
 
 
+def loop_executor_round_trips(calls: int) -> list[float]:
+    """Microseconds of each ``await loop.run_in_executor(executor, count_primes, 10)`` on uvloop."""
+    import asyncio
+
+    import uvloop
+
+    context = multiprocessing.get_context(START_METHOD)
+
+    async def run() -> list[float]:
+        loop = asyncio.get_running_loop()
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as executor:
+            for _ in range(WARMUP_CALLS):
+                await loop.run_in_executor(executor, count_primes, TRIVIAL_N)
+            timings = []
+            for _ in range(calls):
+                began = time.perf_counter_ns()
+                await loop.run_in_executor(executor, count_primes, TRIVIAL_N)
+                timings.append((time.perf_counter_ns() - began) / 1000.0)
+            return timings
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(run())
+
+
 def summary(timings: list[float]) -> dict[str, Any]:
     return {
         "calls": len(timings),
@@ -106,6 +136,7 @@ def measure(calls: int = DEFAULT_CALLS) -> dict[str, Any]:
     return {
         "pipe": summary(pipe_round_trips(calls)),
         "executor": summary(executor_round_trips(calls)),
+        "run_in_executor": summary(loop_executor_round_trips(calls)),
         "cpus": sorted(os.sched_getaffinity(0)),
         "start_method": START_METHOD,
         "function": f"count_primes({TRIVIAL_N})",
@@ -123,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        for name in ("pipe", "executor"):
+        for name in ("pipe", "executor", "run_in_executor"):
             print(f"{name}: median {result[name]['median_us']} us, mean {result[name]['mean_us']} us")
     return 0
 
