@@ -38,7 +38,6 @@ import pickle
 import socket
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -47,6 +46,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bigarg_commands import sha256_hex
+from bench.stdlib_roundtrip import time_calls
 from loadtest.servers import pin_to, start_crossdock
 from server.cpu.worker import run_job
 from server.protocol import encode_command
@@ -63,14 +63,7 @@ SERVER_CPU, CLIENT_CPU = 0, 1
 
 def _timed(call: Callable[[], object], calls: int) -> float:
     """Median microseconds of ``call`` after a warm-up."""
-    for _ in range(WARMUP):
-        call()
-    timings = []
-    for _ in range(calls):
-        began = time.perf_counter_ns()
-        call()
-        timings.append((time.perf_counter_ns() - began) / 1000.0)
-    return statistics.median(timings)
+    return statistics.median(time_calls(call, calls, WARMUP))
 
 
 def _digest_from_shm(name: str, size: int) -> str:

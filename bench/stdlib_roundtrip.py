@@ -60,8 +60,9 @@ def _echo_worker(conn: Connection) -> None:
         conn.send(count_primes(message[1]))
 
 
-def _time_calls(call: Callable[[], object], calls: int) -> list[float]:
-    for _ in range(WARMUP_CALLS):
+def time_calls(call: Callable[[], object], calls: int, warmup: int = WARMUP_CALLS) -> list[float]:
+    """Microseconds of each of ``calls`` calls, timed one by one after ``warmup`` untimed ones."""
+    for _ in range(warmup):
         call()
     timings = []
     for _ in range(calls):
@@ -83,7 +84,7 @@ def pipe_round_trips(calls: int) -> list[float]:
             ours.send(("PRIMES", TRIVIAL_N))
             return ours.recv()
 
-        return _time_calls(call, calls)
+        return time_calls(call, calls)
     finally:
         ours.send(None)
         child.join(10)
@@ -93,7 +94,7 @@ def executor_round_trips(calls: int) -> list[float]:
     """Microseconds of each submit(count_primes, 10).result() on a one-worker ProcessPoolExecutor."""
     context = multiprocessing.get_context(START_METHOD)
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as executor:
-        return _time_calls(lambda: executor.submit(count_primes, TRIVIAL_N).result(), calls)
+        return time_calls(lambda: executor.submit(count_primes, TRIVIAL_N).result(), calls)
 
 
 def loop_executor_round_trips(calls: int) -> list[float]:
