@@ -53,6 +53,11 @@ class LoopShares:
         self._scheduled = False
 
     @property
+    def busy(self) -> bool:
+        """A pass is being shared: some connection streams, so loop iterations are long (up to the budget)."""
+        return self._scheduled
+
+    @property
     def waiting(self) -> int:
         """Connections queued for a slice of a later pass."""
         return len(self._queue)

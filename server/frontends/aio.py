@@ -214,13 +214,19 @@ class AsyncServer(ServerBase):
         transport.set_protocol(connection)
         connection.connection_made(transport)
         self.connections.add(connection)
-        self._accept_backlog()
+        shares = self.shared.shares if self.shared is not None else None
+        if shares is not None and shares.busy:
+            self._accept_backlog()
 
     def _accept_backlog(self) -> None:
         """Take the connections still in the listen queue now, up to MAX_ACCEPTS_PER_EVENT (Redis's habit).
 
         uvloop accepts one connection per loop iteration; while passes are
-        long (clients streaming), a burst of clients would wait one pass each.
+        long (clients streaming: ``shares.busy``), a burst of clients would
+        wait one pass each. Only then: on an idle loop an iteration takes
+        microseconds, and a connection taken here costs a task and its
+        futures, which left 500 more bytes of heap per idle connection
+        (bench/targets.py's memory row, 10,000 connections at once).
         Each connection taken here goes through ``connect_accepted_socket``
         with start_server's own protocol, so it reaches :meth:`_hand_over`
         (and TLS, maxclients, protected mode) exactly as one uvloop accepted.
