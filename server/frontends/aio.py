@@ -36,10 +36,10 @@ from server.cpu.worker import run_cpu
 from server.errors import StartupError
 from server.frontends import tls
 from server.frontends.lifecycle import ServerBase, SignalPolicy
+from server.frontends.listening import ListenerCare
 from server.limits.constants import (
     EXPIRE_SWEEP_INTERVAL,
     LISTEN_BACKLOG,
-    MAX_ACCEPTS_PER_EVENT,
     READ_CHUNK_SIZE,
     SHUTDOWN_ABORT_GRACE,
     WRITE_BUFFER_HIGH_WATER,
@@ -130,7 +130,7 @@ class _ReleasedStreamWriter(asyncio.StreamWriter):
         pass
 
 
-class AsyncServer(ServerBase):
+class AsyncServer(ListenerCare, ServerBase):
     """Config -> running asyncio server: ``start()``, ``serve()`` until stopped, ``shutdown()``."""
 
     mode = "async"
@@ -218,44 +218,6 @@ class AsyncServer(ServerBase):
         if shares is not None and shares.busy:
             self._accept_backlog()
 
-    def _accept_backlog(self) -> None:
-        """Take the connections still in the listen queue now, up to MAX_ACCEPTS_PER_EVENT (Redis's habit).
-
-        uvloop accepts one connection per loop iteration; while passes are
-        long (clients streaming: ``shares.busy``), a burst of clients would
-        wait one pass each. Only then: on an idle loop an iteration takes
-        microseconds, and a connection taken here costs a task and its
-        futures, which left 500 more bytes of heap per idle connection
-        (bench/targets.py's memory row, 10,000 connections at once).
-        Each connection taken here goes through ``connect_accepted_socket``
-        with start_server's own protocol, so it reaches :meth:`_hand_over`
-        (and TLS, maxclients, protected mode) exactly as one uvloop accepted.
-        Error handling: any ``OSError`` from accept (nothing waiting, EMFILE)
-        ends the drain; uvloop's own accept path deals with the rest.
-        """
-        loop = asyncio.get_running_loop()
-        arguments = tls.start_server_arguments(self.ssl_context)
-        for listener in self._listen_dups:
-            for _ in range(MAX_ACCEPTS_PER_EVENT):
-                try:
-                    sock, _address = listener.accept()
-                except OSError:
-                    break
-                sock.setblocking(False)
-                task = loop.create_task(loop.connect_accepted_socket(self._stream_protocol, sock, **arguments))
-                self._accepting.add(task)
-                task.add_done_callback(self._accepted)
-
-    def _stream_protocol(self) -> asyncio.StreamReaderProtocol:
-        """The protocol asyncio.start_server makes per connection, calling :meth:`_hand_over` once connected."""
-        loop = asyncio.get_running_loop()
-        return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=READ_CHUNK_SIZE, loop=loop), self._hand_over)
-
-    def _accepted(self, task: asyncio.Task[object]) -> None:
-        self._accepting.discard(task)
-        if not task.cancelled() and task.exception() is not None:  # a client gone at once, a failed TLS handshake
-            log.debug("accepted_connection_failed", error=str(task.exception()))
-
     async def _every(self, interval: float, tick: object) -> None:
         while True:
             await asyncio.sleep(interval)
@@ -272,27 +234,6 @@ class AsyncServer(ServerBase):
             self._descriptors_log.note(
                 connections=len(self.connections), detail="uvloop closes new connections until one frees up"
             )
-
-    def _check_listeners(self) -> None:
-        """Listen again, on the same kernel socket, if the listener was closed under the server (logged once)."""
-        if self.stopping.is_set() or self._server is None or (self._relisten and not self._relisten.done()):
-            return
-        listeners = getattr(self._server, "sockets", None) or ()
-        pairs = zip(listeners, self._listen_dups, strict=False)
-        if self._server.is_serving() and listeners and all(_same_socket(s, d) for s, d in pairs):
-            return
-        log.error("listener_lost", port=self.state.bound_port, action="listening again on the same socket")
-        self._relisten = asyncio.get_running_loop().create_task(self._listen_again())
-
-    async def _listen_again(self) -> None:
-        self._server = await asyncio.start_server(
-            self._hand_over,
-            sock=socket.socket(fileno=os.dup(self._listen_dups[0].fileno())),
-            limit=READ_CHUNK_SIZE,
-            backlog=LISTEN_BACKLOG,
-            **tls.start_server_arguments(self.ssl_context),
-        )
-        log.info("listener_restored", port=self.state.bound_port)
 
     async def serve(self) -> None:
         """Serve until :meth:`request_stop`, then shut down gracefully."""
@@ -330,14 +271,6 @@ class AsyncServer(ServerBase):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=max(0.0, grace_ends - loop.time()))
         await asyncio.to_thread(self.stop_services)
-
-
-def _same_socket(listener: object, dup: socket.socket) -> bool:
-    """Whether the server's listening descriptor is still the socket ``dup`` duplicates (not closed, not reused)."""
-    try:
-        return os.fstat(listener.fileno()).st_ino == os.fstat(dup.fileno()).st_ino  # type: ignore[attr-defined]
-    except (OSError, ValueError):
-        return False
 
 
 def _bytes_waiting(transport: object) -> int:
