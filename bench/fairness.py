@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from loadtest.serverinfo import InfoProbe
 from loadtest.servers import RunningServer, pin_to, start_crossdock, start_redis
 
 #: Requests per write of a streaming client: a pipeline deep enough that the server reads full buffers.
@@ -115,34 +116,21 @@ def _first_ping(port: int) -> float | None:
     return time.perf_counter() - started
 
 
-def _connected_clients(sock: socket.socket) -> int | None:
-    """INFO clients' ``connected_clients`` over a held connection (redis-server and crossdock both report it)."""
-    sock.sendall(b"INFO clients\r\n")
-    data = b""
-    while b"\r\n" not in data or len(data) < data.index(b"\r\n") + 2 + int(data[1 : data.index(b"\r\n")]) + 2:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return None
-        data += chunk
-    for line in data.decode(errors="replace").splitlines():
-        if line.startswith("connected_clients:"):
-            return int(line.split(":", 1)[1])
-    return None
-
-
 def _watch_accepts(port: int, streamers: int, begin: float, stop_at: float, accepted: list[float]) -> None:
-    """Poll the server's own count (INFO clients) on a connection of its own until every streamer is in it.
+    """Poll the server's own count (INFO ``connected_clients``) on a connection of its own until all are in.
 
     Its own thread and connection, so the probes' waits do not delay the reading. The count includes this
     connection and the held probe's: all accepted is ``streamers + 2``.
     """
-    with socket.create_connection(("127.0.0.1", port), timeout=PROBE_TIMEOUT) as sock:
+    probe = InfoProbe.open("127.0.0.1", port, timeout=PROBE_TIMEOUT)
+    try:
         while time.monotonic() < stop_at:
-            clients = _connected_clients(sock)
-            if clients is not None and clients >= streamers + 2:
+            if int(probe.info().get("connected_clients", 0)) >= streamers + 2:
                 accepted.append(time.monotonic() - begin)
                 return
             time.sleep(ACCEPT_POLL_SECONDS)
+    finally:
+        probe.close()
 
 
 def measure(server: RunningServer, streamers: int, seconds: float) -> dict[str, object]:

@@ -18,6 +18,20 @@ from server.protocol.reply import SetReply, SimpleString
 #: nested arguments (for ``oneof`` and ``block``), in Redis's order.
 Argument = dict[str, object]
 
+#: EXPIRE's and PEXPIRE's NX | XX | GT | LT option (Redis 7.0), one description for both.
+_EXPIRE_CONDITION: Argument = {
+    "name": "condition",
+    "type": "oneof",
+    "since": "7.0.0",
+    "flags": ("optional",),
+    "arguments": (
+        {"name": "nx", "type": "pure-token", "token": "NX"},
+        {"name": "xx", "type": "pure-token", "token": "XX"},
+        {"name": "gt", "type": "pure-token", "token": "GT"},
+        {"name": "lt", "type": "pure-token", "token": "LT"},
+    ),
+}
+
 REDIS_ARGUMENTS: dict[str, tuple[Argument, ...]] = {
     "auth": (
         {"name": "username", "type": "string", "since": "6.0.0", "flags": ("optional",)},
@@ -31,18 +45,7 @@ REDIS_ARGUMENTS: dict[str, tuple[Argument, ...]] = {
     "expire": (
         {"name": "key", "type": "key", "key_spec_index": 0},
         {"name": "seconds", "type": "integer"},
-        {
-            "name": "condition",
-            "type": "oneof",
-            "since": "7.0.0",
-            "flags": ("optional",),
-            "arguments": (
-                {"name": "nx", "type": "pure-token", "token": "NX"},
-                {"name": "xx", "type": "pure-token", "token": "XX"},
-                {"name": "gt", "type": "pure-token", "token": "GT"},
-                {"name": "lt", "type": "pure-token", "token": "LT"},
-            ),
-        },
+        _EXPIRE_CONDITION,
     ),
     "flushdb": (
         {
@@ -89,18 +92,7 @@ REDIS_ARGUMENTS: dict[str, tuple[Argument, ...]] = {
     "pexpire": (
         {"name": "key", "type": "key", "key_spec_index": 0},
         {"name": "milliseconds", "type": "integer"},
-        {
-            "name": "condition",
-            "type": "oneof",
-            "since": "7.0.0",
-            "flags": ("optional",),
-            "arguments": (
-                {"name": "nx", "type": "pure-token", "token": "NX"},
-                {"name": "xx", "type": "pure-token", "token": "XX"},
-                {"name": "gt", "type": "pure-token", "token": "GT"},
-                {"name": "lt", "type": "pure-token", "token": "LT"},
-            ),
-        },
+        _EXPIRE_CONDITION,
     ),
     "ping": ({"name": "message", "type": "string", "flags": ("optional",)},),
     "pttl": ({"name": "key", "type": "key", "key_spec_index": 0},),
