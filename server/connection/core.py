@@ -322,7 +322,10 @@ class ConnectionCore:
         if self._dispatching:  # answered at once: the chunk's write takes it
             return
         self._write_out()
-        if self._over_output_limit():
+        # As in _serve: the output cap can only be passed with replies held back, writes paused or a small cap.
+        if (self._out_bytes or self._paused_for_writes or self.shared.small_output_limit) and self._over_output_limit():
+            return
+        if self.closed:
             return
         # The idle deadline counts from the reply, not from the request that waited on us (Redis does the same).
         self.client.last_interaction = self.shared.clock()

@@ -20,6 +20,12 @@ asyncio and the threaded front end and for any executor that offers the
   way): per-call machinery, not computation, is what a small request costs.
   A request that finds the executor idle and nobody waiting goes at once,
   without waiting for the end of the loop pass (it would gather nothing).
+  Every submission costs the loop and the executor's threads about the same
+  whatever it carries, so cheap requests go in few, full ones: with every
+  worker holding a submission, another is queued behind them only when the
+  jobs waiting fill it, and a submission that comes back hands out what
+  waits at the end of that loop pass, so the requests its replies brought
+  back in the same pass go too.
   A worker returns a batch once it has run :data:`BATCH_TIME_BUDGET` of it;
   the jobs it did not reach go back to the front of their clients' queues, so
   a heavy request never holds light ones behind it for long.
@@ -92,7 +98,7 @@ log = structlog.get_logger("crossdock.cpu")
 #: Submissions (a job or a batch) the executor holds at once, per worker: one running and one ready to start the
 #: moment it ends, so a worker never idles for a round trip to the front end. The rest wait in the per-client
 #: queues here, where round-robin order decides who goes next; a deeper executor queue would be
-#: first-come-first-served again.
+#: first-come-first-served again. The second one goes only when it is full (see :meth:`CpuJobs._take_ready`).
 SUBMISSIONS_PER_WORKER = 2
 
 #: Most jobs one submission carries. Enough that per-call costs (a pickle each way, the executor's
@@ -203,10 +209,17 @@ class Job:
         "start",
         "submitted",
         "timed_out",
+        "weight",
     )
 
     def __init__(
-        self, job_id: int, slot: int, action: RunCpu, on_reply: Callable[[bytes], None], client_id: int
+        self,
+        job_id: int,
+        slot: int,
+        action: RunCpu,
+        on_reply: Callable[[bytes], None],
+        client_id: int,
+        weight: float = 1.0,
     ) -> None:
         self.id = job_id
         self.slot = slot
@@ -229,6 +242,8 @@ class Job:
         #: submission and kept for resubmissions; the shared-memory blocks they use, held until the job is done.
         self.shipped: tuple[Any, ...] | None = None
         self.blocks: list[Any] = []
+        #: The share of one submission this job takes (1 / its command's batch cap when it was admitted).
+        self.weight = weight
 
 
 class CpuJobs:
@@ -269,12 +284,16 @@ class CpuJobs:
         self._shared: SharedArgs | None = getattr(pool, "shared_args", None)
         #: Per command: its smoothed run time per job in a worker (seconds), measured from the jobs' start marks.
         self._cost: dict[str, float] = {}
+        #: Per measured command: the share of one submission a job takes (1 / its batch cap); unmeasured: 1.0.
+        self._weight: dict[str, float] = {}
         self._lock = threading.Lock()
         self._jobs: dict[int, Job] = {}
         self._ids = itertools.count(1)
         self._free_slots = list(range(pool.job_slots))
         #: Admitted jobs not yet handed to the executor, per client, clients in round-robin order.
         self._waiting: OrderedDict[int, deque[Job]] = OrderedDict()
+        #: The waiting jobs' weights summed: how many full submissions they make.
+        self._waiting_units = 0.0
         #: Submissions the executor holds (futures not yet done); at most SUBMISSIONS_PER_WORKER per worker.
         self._in_executor = 0
         #: Per thread: groups released while that thread is already submitting (see :meth:`_submit_ready`).
@@ -319,12 +338,14 @@ class CpuJobs:
                 if shed_before is None:
                     self._rejected_before_shedding = self.rejected_busy - 1
             if preempted is not None or (waiting < self.queue_limit and self._free_slots):
-                job = Job(next(self._ids), self._free_slots.pop(), action, on_reply, client_id)
+                weight = self._weight.get(action.name, 1.0)
+                job = Job(next(self._ids), self._free_slots.pop(), action, on_reply, client_id, weight)
                 self._jobs[job.id] = job
                 queue = self._waiting.get(client_id)
                 if queue is None:
                     self._waiting[client_id] = queue = deque()
                 queue.append(job)
+                self._waiting_units += weight
                 if preempted is None:
                     self._rejected_before_shedding = None
             ready: list[list[Job]] = []
@@ -335,6 +356,7 @@ class CpuJobs:
                 # the loop pass would gather nothing at low load and cost it a loop pass; the requests that come
                 # after it in the same pass are gathered and go together (below).
                 self._waiting.clear()
+                self._waiting_units = 0.0
                 job.submitted = True
                 self._in_executor = 1
                 ready = [[job]]
@@ -389,6 +411,7 @@ class CpuJobs:
         job = queue.pop()
         if not queue:
             del self._waiting[greedy]
+        self._waiting_units = self._waiting_units - job.weight if self._waiting else 0.0
         del self._jobs[job.id]
         self._release_slot(job)
         return job
@@ -399,7 +422,8 @@ class CpuJobs:
         held; the caller submits them after releasing it."""
         # Read each time: a Dask cluster's thread count changes as workers come and go (and may be 0, when
         # one submission is still handed over so that the executor answers it with its own error).
-        room = max(SUBMISSIONS_PER_WORKER * self.pool.workers, 1) - self._in_executor
+        workers = self.pool.workers
+        room = max(SUBMISSIONS_PER_WORKER * workers, 1) - self._in_executor
         waiting = self._waiting
         if room <= 0 or not waiting:
             return []
@@ -407,13 +431,20 @@ class CpuJobs:
             taken = [self._next_round_robin() for _ in range(min(room, sum(map(len, waiting.values()))))]
             groups = [[job] for job in taken]
         else:
+            if self._in_executor >= max(workers, 1) and self._waiting_units < 1.0 - _EPSILON:
+                # Every worker has a submission: one queued behind them only hides the trip back to this loop from
+                # a worker with plenty to do. Less than a full batch waiting means the worker is not what limits,
+                # and these jobs gather into the batch that goes when a submission comes back (a second, part-full
+                # submission halves every batch and doubles the per-call cost the loop pays: issue 12).
+                return []
             # Each job takes 1/cap of a submission: cheap commands share one, an unmeasured or heavy one has its own.
-            taken, units = [], 0.0
+            taken, weights, units = [], [], 0.0
             while waiting and units < room:
                 job = self._next_round_robin()
                 taken.append(job)
-                units += 1.0 / self._batch_cap(job.action.name)
-            groups = _cut(taken, [1.0 / self._batch_cap(job.action.name) for job in taken], room, self.pool.workers)
+                weights.append(job.weight)
+                units += job.weight
+            groups = _cut(taken, weights, room, workers)
         self._in_executor += len(groups)
         return groups
 
@@ -424,6 +455,7 @@ class CpuJobs:
         job = queue.popleft()
         if queue:
             waiting[client_id] = queue  # to the back of the round
+        self._waiting_units = self._waiting_units - job.weight if waiting else 0.0
         job.submitted = True
         return job
 
@@ -438,6 +470,7 @@ class CpuJobs:
         """One more run time of ``name`` (seconds per job), smoothed: what :meth:`_batch_cap` divides by."""
         old = self._cost.get(name)
         self._cost[name] = seconds if old is None else old + COST_SMOOTHING * (seconds - old)
+        self._weight[name] = 1.0 / self._batch_cap(name)
 
     def _hand_out(self) -> None:
         """End of a loop pass: submit what was admitted during it (with :attr:`_defer`)."""
@@ -451,6 +484,11 @@ class CpuJobs:
         with self._lock:
             self._in_executor -= 1
             if not self._waiting:  # the common case at low load: nothing to hand out
+                return
+            if self._defer is not None:
+                if not self._hand_out_scheduled:
+                    self._hand_out_scheduled = True
+                    self._defer(self._hand_out)
                 return
             ready = self._take_ready()
         self._submit_ready(ready)
@@ -475,6 +513,7 @@ class CpuJobs:
             queue.remove(job)
             if not queue:
                 del self._waiting[job.client_id]
+            self._waiting_units = self._waiting_units - job.weight if self._waiting else 0.0
             if self._jobs.pop(job.id, None) is not None:
                 self._release_slot(job)
 
@@ -550,13 +589,7 @@ class CpuJobs:
         if not future.cancelled():
             error = future.exception()
             if error is None:
-                results = future.result()
-                self._note_run_time(group[: len(results)])
-                for job, tagged in zip(group, results, strict=False):
-                    if job.future is future:
-                        self._finish(job, cpu_reply(tagged), release=True)
-                self._requeue([job for job in group[len(results) :] if job.future is future])
-                self._submission_done()
+                self._answer_batch(group, future, future.result())
                 return
             if not isinstance(error, concurrent.futures.BrokenExecutor):
                 for job in live:
@@ -579,6 +612,28 @@ class CpuJobs:
                 self._finish(job, encode_error(WORKER_DIED), release=True)
             else:
                 self._resubmit(job)
+
+    def _answer_batch(self, group: list[Job], future: _JobFuture, results: list[Any]) -> None:
+        """A batch came back with the results of its first ``len(results)`` jobs: answer those (one pass over
+        the books for the lot), put the jobs it did not reach back in their queues, and hand out what waits."""
+        ran = len(results)
+        self._note_run_time(group[:ran])
+        answers = []
+        with self._lock:
+            jobs = self._jobs
+            for job, tagged in zip(group, results, strict=False):
+                if job.future is not future:
+                    continue  # resubmitted alone since
+                if not job.settled and not job.abandoned:
+                    answers.append((job, tagged))
+                job.settled = True
+                if jobs.pop(job.id, None) is not None:
+                    self._release_slot(job)
+        for job, tagged in answers:
+            job.on_reply(cpu_reply(tagged))
+        if ran < len(group):
+            self._requeue([job for job in group[ran:] if job.future is future])
+        self._submission_done()
 
     def _note_run_time(self, ran: list[Job]) -> None:
         """Measure what ``ran`` (one submission, in order) cost per job, from the first one's start mark to now."""
@@ -615,6 +670,7 @@ class CpuJobs:
                     self._waiting[job.client_id] = queue = deque()
                     self._waiting.move_to_end(job.client_id, last=False)
                 queue.appendleft(job)
+                self._waiting_units += job.weight
 
     def _on_done(self, job: Job, future: _JobFuture) -> None:
         self._submission_done()

@@ -111,9 +111,11 @@ def _read_shared(args: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-#: The shared job-slot table and this worker's pool generation, set by :func:`_worker_init`.
+#: The shared job-slot table, this worker's pool generation and its pid (read once: ``os.getpid`` is a system
+#: call, and a job's start mark needs it), set by :func:`_worker_init`.
 _job_slots: Any = None
 _generation = 0
+_pid = 0
 
 
 def _exit_with_server(server_pid: int) -> None:
@@ -150,13 +152,13 @@ def _worker_init(
     generation: int = 0,
     server_pid: int = 0,
 ) -> None:
-    global _job_slots, _generation
+    global _job_slots, _generation, _pid
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE_INCREMENT)
     if server_pid:
         threading.Thread(target=_exit_with_server, args=(server_pid,), name="exit-with-server", daemon=True).start()
-    _job_slots, _generation = job_slots, generation
+    _job_slots, _generation, _pid = job_slots, generation, os.getpid()
     from server.logging import configure_logging
 
     configure_logging(log_format, log_level, process_role="worker")
@@ -215,13 +217,15 @@ def run_job(job_id: int, slot: int, func: Callable[..., Any], args: tuple[Any, .
     if slots is not None:
         base = slot * _SLOT_FIELDS
         slots[base + 1] = _generation
-        slots[base + 2] = os.getpid()
+        slots[base + 2] = _pid
         slots[base + 3] = time.monotonic_ns()
         slots[base + 4] = 0
         slots[base] = job_id + 1
     try:
-        if any(arg.__class__ is SharedBytes for arg in args):
-            args = _read_shared(args)
+        for arg in args:  # a loop, not any() over a generator: most cpu requests have one small argument
+            if arg.__class__ is SharedBytes:
+                args = _read_shared(args)
+                break
         tag, value = run_cpu(func, args)
         if tag == OK_TAG:
             try:
