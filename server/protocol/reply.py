@@ -235,6 +235,10 @@ def encode_reply(value: object) -> bytes:
     that is a bug in a command, not a peer's mistake, and the front ends turn
     it into an ``-ERR`` reply for that one request.
     """
+    if type(value) is int:  # the commonest replies by exact type first (a count, a value): no isinstance chain
+        return encode_integer(value)
+    if type(value) is bytes:
+        return b"$%d\r\n%b\r\n" % (len(value), value)
     if isinstance(value, RawReply):
         return value
     out: list[bytes] = []
