@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 CORE_STAMP := $(VENV)/.core-built
 CORE_SOURCES := setup.py server/protocol/core_modules.py server/protocol/request_parser.py server/protocol/reply_parser.py \
 	server/commands/dispatch.py server/store/commandstats.py server/store/keyspace.py server/memory.py server/store/state.py \
-	server/commands/builtins.py
+	server/commands/builtins.py server/cpu/jobs.py
 
 .PHONY: install run test lint bench clean
 

@@ -81,7 +81,7 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
@@ -165,13 +165,17 @@ CallSoon = Callable[..., object]
 Defer = Callable[[Callable[[], None]], object]
 
 
-def _cut(jobs: list[Job], weights: list[float], room: int, workers: int) -> list[list[Job]]:
+#: What :func:`_cut` cuts: jobs here, anything in its tests.
+_Item = TypeVar("_Item")
+
+
+def _cut(jobs: list[_Item], weights: list[float], room: int, workers: int) -> list[list[_Item]]:
     """Cut ``jobs`` (in order) into contiguous groups of at most one submission's worth of weight each, and
     into at least as many groups as there are free submissions and workers to keep busy (when jobs allow)."""
     total = sum(weights)
     count = min(len(jobs), max(min(room, workers), math.ceil(total - _EPSILON)))
     share = total / count
-    groups: list[list[Job]] = [[]]
+    groups: list[list[_Item]] = [[]]
     filled = 0.0
     for index, (job, weight) in enumerate(zip(jobs, weights, strict=True)):
         full = filled + weight > 1.0 + _EPSILON

@@ -31,6 +31,9 @@ GROUPS = (
             "server.commands.builtins",
         ),
     ),
+    # The cpu-job policy: admission, hand-out and answers run on the loop for every cpu request, about a third of
+    # what a trivial request offloaded to the pool costs the loop beyond running it inline (issue 12).
+    (None, ("server.cpu.jobs",)),
 )
 
 #: Every compiled module, in build order. A core is all of them compiled, or none (server.protocol.cores).

@@ -2,7 +2,7 @@
 
 Both are the same source. Where a C compiler exists, ``setup.py`` compiles the
 modules of :data:`~server.protocol.core_modules.MODULES` (the request and reply
-parsers, the dispatcher and its per-command counters) in place with mypyc, so
+parsers, the dispatcher and its per-command counters, the cpu-job policy) in place with mypyc, so
 ``server.protocol.request_parser`` or ``server.commands.dispatch`` is then the
 compiled module. The core is chosen once, when the ``server`` package is
 imported (as redis-py chooses hiredis or its pure parser), and always runs

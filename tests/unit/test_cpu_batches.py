@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 def test_a_lone_job_goes_alone() -> None:
     from server.cpu.jobs import _cut
 
-    assert _cut([7], [1.0], room=4, workers=2) == [[7]]  # type: ignore[list-item]
+    assert _cut([7], [1.0], room=4, workers=2) == [[7]]
 
 
 @given(
@@ -21,7 +21,7 @@ def test_cuts_keep_order_and_stay_within_a_submission(weights: list[float], room
     from server.cpu.jobs import _cut
 
     jobs = list(range(len(weights)))
-    groups = _cut(jobs, weights, room, workers)  # type: ignore[arg-type]
+    groups = _cut(jobs, weights, room, workers)
     assert [job for group in groups for job in group] == jobs
     assert all(group for group in groups)
     for group in groups:
