@@ -415,7 +415,7 @@ class CpuJobs:
         job = queue.pop()
         if not queue:
             del self._waiting[greedy]
-        self._waiting_units = self._waiting_units - job.weight if self._waiting else 0.0
+        self._left_queue(job)
         del self._jobs[job.id]
         self._release_slot(job)
         return job
@@ -452,6 +452,11 @@ class CpuJobs:
         self._in_executor += len(groups)
         return groups
 
+    def _left_queue(self, job: Job) -> None:
+        """``job`` has just left its client's queue (the lock is held): its weight leaves the running sum, which
+        restarts from zero whenever no job waits, so float error never builds up."""
+        self._waiting_units = self._waiting_units - job.weight if self._waiting else 0.0
+
     def _next_round_robin(self) -> Job:
         """The next waiting job in round-robin order (the lock is held; ``_waiting`` is not empty)."""
         waiting = self._waiting
@@ -459,7 +464,7 @@ class CpuJobs:
         job = queue.popleft()
         if queue:
             waiting[client_id] = queue  # to the back of the round
-        self._waiting_units = self._waiting_units - job.weight if waiting else 0.0
+        self._left_queue(job)
         job.submitted = True
         return job
 
@@ -517,7 +522,7 @@ class CpuJobs:
             queue.remove(job)
             if not queue:
                 del self._waiting[job.client_id]
-            self._waiting_units = self._waiting_units - job.weight if self._waiting else 0.0
+            self._left_queue(job)
             if self._jobs.pop(job.id, None) is not None:
                 self._release_slot(job)
 
